@@ -1,0 +1,201 @@
+"""``qt``: the front door. Every command has ``--help``, ``--json`` and ``--home``.
+
+Exit codes: 0 success, 1 runtime error, 2 bad input or failed validation.
+Heavy libraries (Prefect, Great Expectations, pandas) are imported inside the commands so
+``qt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from cli.output import emit_json, progress_bars, setup_console_logging, stderr, stdout, table
+from core.errors import IngestFailed, QTError
+from core.settings import Settings, configure_environment, load_settings
+
+app = typer.Typer(
+    name="qt",
+    help="Quantum Trader: calibrated crypto trading signals from one reproducible DAG.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="QT_HOME", help="State folder (store, MLflow, Prefect, journal).", show_default="./.qt"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
+SymbolsOpt = Annotated[
+    str | None, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+]
+IntervalOpt = Annotated[str | None, typer.Option("--interval", help="Candle interval, e.g. 1h or 5m.")]
+MarketOpt = Annotated[str, typer.Option("--market", help="spot or futures (USD-M).")]
+
+
+def _symbols(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    from core.candles import check_symbol
+
+    return [check_symbol(s) for s in value.split(",") if s.strip()]
+
+
+def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[dict[str, Any], Any]]) -> None:
+    """Load settings, run a command, render its result, map errors to exit codes."""
+    setup_console_logging()
+    try:
+        settings = load_settings(home)
+        configure_environment(settings)
+        document, renderable = command(settings)
+    except QTError as err:
+        partial = err.report if isinstance(err, IngestFailed) else {}
+        if as_json:
+            emit_json({**partial, "error": str(err), "exit_code": err.exit_code})
+        stderr.print(f"[bold red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code) from None
+    if as_json:
+        emit_json(document)
+    elif renderable is not None:
+        stdout.print(renderable)
+
+
+def _ingest_table(report: dict[str, Any]) -> Any:
+    rows = [
+        [sym, r["rows_added"], r["rows_total"], r["first_open_time"], r["last_open_time"], r["gaps"], r["missing_candles"]]
+        for sym, r in report["symbols"].items()
+    ]
+    columns = ["symbol", "rows added", "rows total", "first open_time", "last open_time", "gaps", "missing"]
+    return table("Ingested candles", columns, rows)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option("--source", help="sample (bundled), files, or binance.")] = "sample",
+    symbols: SymbolsOpt = None,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    start: Annotated[str | None, typer.Option("--start", help="First open time (UTC), e.g. 2024-01-01.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last open time (UTC), inclusive.")] = None,
+    path: Annotated[
+        list[str] | None, typer.Option("--path", help="File, folder or quoted glob; repeatable (files source).")
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="Binance: the N symbols with most 24h quote volume.")] = None,
+    min_quote_volume: Annotated[
+        float | None, typer.Option("--min-quote-volume", help="Binance universe: minimum 24h quote volume.")
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load candles into the store, validated (Great Expectations); idempotent.
+
+    Failing batches are quarantined with a report and nothing of them is stored (exit 2).
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.candles import check_market
+        from core.errors import BadConfigError
+        from core.timeutil import parse_utc
+
+        if source not in ("sample", "files", "binance"):
+            raise BadConfigError(f"--source {source!r}: choose sample, files or binance")
+        if source == "files" and not path:
+            raise BadConfigError("--source files needs at least one --path")
+        check_market(market)
+        parse_utc(start, "--start")
+        parse_utc(end, "--end")
+        from flows.ingest import ingest_flow
+
+        with progress_bars(enabled=not as_json and stderr.is_terminal):
+            report = ingest_flow(
+                source=source,
+                symbols=_symbols(symbols),
+                interval=interval,
+                market=market,
+                start=start,
+                end=end,
+                paths=path,
+                top=top,
+                min_quote_volume=min_quote_volume,
+                home=str(settings.home),
+            )
+        return report, _ingest_table(report)
+
+    _run(home, as_json, command)
+
+
+@app.command()
+def validate(
+    symbols: SymbolsOpt = None,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the Great Expectations suite over stored candles; exit 2 if any check fails."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.errors import BadConfigError, BadDataError
+        from tasks.store import CandleStore
+        from tasks.validate import validate_stored
+
+        store = CandleStore(settings.store_dir)
+        ival = interval or settings.default_interval
+        chosen = _symbols(symbols) or store.symbols(ival, market)
+        if not chosen:
+            raise BadConfigError(f"no stored {ival} {market} candles under {settings.store_dir}; run qt ingest first")
+        datasets: dict[str, Any] = {}
+        for symbol in chosen:
+            frame = store.read(symbol, ival, market)
+            if frame.empty:
+                raise BadConfigError(f"{symbol} {ival} {market}: nothing stored")
+            described = store.describe(symbol, ival, market)
+            report = validate_stored(frame, symbol, ival, market, str(store.path(symbol, ival, market)))
+            datasets[symbol] = {
+                "rows": report.rows,
+                "success": report.success,
+                "gaps": described.gaps,
+                "missing_candles": described.missing_candles,
+                "failures": [f.describe() for f in report.failures],
+            }
+        document = {"interval": ival, "market": market, "datasets": datasets}
+        failed = {s: d for s, d in datasets.items() if not d["success"]}
+        if failed:
+            detail = "\n".join(f"{s}: " + "; ".join(d["failures"]) for s, d in failed.items())
+            raise BadDataError(f"stored data failed validation:\n{detail}")
+        rows = [[s, d["rows"], "ok", d["gaps"], d["missing_candles"]] for s, d in datasets.items()]
+        return document, table(f"Validation of stored {ival} {market} candles", ["symbol", "rows", "checks", "gaps", "missing"], rows)
+
+    _run(home, as_json, command)
+
+
+@app.command()
+def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """The main job on the bundled sample: ingest (validated) and check the stored data.
+
+    Training, promotion and the replayed live session join this command as they land.
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from flows.ingest import ingest_flow
+
+        with progress_bars(enabled=not as_json and stderr.is_terminal):
+            report = ingest_flow(source="sample", home=str(settings.home))
+        stderr.print(f"candles stored under {settings.store_dir}", highlight=False)
+        return {"ingest": report, "home": str(settings.home)}, _ingest_table(report)
+
+    _run(home, as_json, command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""One typed settings object, read once at the entry point (env prefix ``QT_``).
+
+All state lives under :attr:`Settings.home`; the other paths derive from it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Quantum Trader's configuration. Every field can be set as ``QT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="QT_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path(".qt"), description="folder holding all state")
+
+    # Binance REST: secrets only from the environment, never logged.
+    binance_api_key: SecretStr | None = None
+    binance_api_secret: SecretStr | None = None
+    binance_testnet: bool = False
+    binance_spot_url: str | None = Field(
+        default=None, description="override of the spot REST root, e.g. http://127.0.0.1:9000/api"
+    )
+    binance_futures_url: str | None = Field(
+        default=None, description="override of the USD-M futures REST root (…/fapi)"
+    )
+    http_timeout_s: float = 10.0
+    http_max_retries: int = Field(default=5, ge=0)
+    http_backoff_s: float = Field(default=0.5, gt=0, description="first backoff; doubles per try")
+    http_max_wait_s: float = Field(default=120.0, gt=0, description="cap on any single wait")
+    #: Request weight per minute allowed by Binance (spot 6000, USD-M futures 2400); we pause
+    #: when the server-reported used weight reaches ``weight_pause_fraction`` of it.
+    spot_weight_limit: int = 6000
+    futures_weight_limit: int = 2400
+    weight_pause_fraction: float = Field(default=0.9, gt=0, le=1)
+    kline_page_limit: int = Field(default=1000, ge=1, le=1000)
+
+    default_interval: str = "1h"
+    default_market: str = "spot"
+    default_lookback_days: int = Field(default=365, ge=1, description="backfill when no --start")
+    quote_asset: str = "USDT"
+    min_quote_volume: float = Field(default=500_000.0, ge=0, description="universe filter, USDT")
+
+    @property
+    def store_dir(self) -> Path:
+        """Parquet candle store."""
+        return self.home / "store"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rejected batches with their validation reports."""
+        return self.home / "quarantine"
+
+    @property
+    def prefect_home(self) -> Path:
+        """``PREFECT_HOME`` (Prefect's SQLite DB for ephemeral mode)."""
+        return self.home / "prefect"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Log files."""
+        return self.home / "logs"
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Read settings from the environment, with ``home`` (``--home``) taking precedence."""
+    settings = Settings(home=home) if home is not None else Settings()
+    settings.home = settings.home.expanduser().resolve()
+    return settings
+
+
+def configure_environment(settings: Settings) -> None:
+    """Point third-party libraries at our home and silence their offline telemetry.
+
+    Must run before Prefect, MLflow or Great Expectations are imported: they read these
+    variables at import time. Values a user already exported win.
+    """
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        # a fresh ephemeral server migrates its SQLite DB first: ~15 s on 2 cores
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,118 @@
+"""Ingest flow: plan the datasets → (fetch → validate → store) per symbol, concurrently.
+
+Runs in Prefect's ephemeral mode (no server) or against ``PREFECT_API_URL``. Symbols are
+independent tasks: one failing symbol is quarantined and reported while the others are
+stored; the flow then fails naming every failure. Only retryable errors are retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from core.errors import IngestFailed, QTError, RetryableError
+from core.settings import Settings, load_settings
+from core.timeutil import parse_utc
+from tasks.ingest import SymbolReport, ingest_binance, ingest_files
+from tasks.ingest.binance import BinanceKlineSource
+from tasks.ingest.files import expand_paths, group_files
+from tasks.ingest.sample import SAMPLE_INTERVAL, sample_paths
+
+Source = Literal["sample", "files", "binance"]
+
+
+def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
+    return isinstance(state.data, RetryableError)
+
+
+_task_options: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": _retry_only_retryable,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="plan-universe", **_task_options)
+def plan_universe(settings: Settings, market: str, top: int, min_quote_volume: float) -> list[str]:
+    """Top-N symbols by 24h quote volume (the seeds' "Universe OS")."""
+    return BinanceKlineSource(settings, market).top_symbols(top, min_quote_volume, settings.quote_asset)
+
+
+@task(name="ingest-files", task_run_name="ingest-{symbol}-{interval}", **_task_options)
+def ingest_files_task(
+    symbol: str, interval: str, market: str, paths: list[Path], source: str, settings: Settings
+) -> SymbolReport:
+    """Read → validate → store one dataset from files."""
+    return ingest_files(symbol, interval, market, paths, source, settings)
+
+
+@task(name="ingest-binance", task_run_name="ingest-{symbol}-{interval}", **_task_options)
+def ingest_binance_task(
+    symbol: str, interval: str, market: str, start: str | None, end: str | None, settings: Settings
+) -> SymbolReport:
+    """Fetch (closed candles, paged, retried) → validate → store one symbol from Binance."""
+    return ingest_binance(
+        symbol, interval, market, parse_utc(start, "--start"), parse_utc(end, "--end"), settings
+    )
+
+
+@flow(name="ingest", log_prints=False, validate_parameters=True)
+def ingest_flow(
+    source: Source = "sample",
+    symbols: list[str] | None = None,
+    interval: str | None = None,
+    market: str = "spot",
+    start: str | None = None,
+    end: str | None = None,
+    paths: list[str] | None = None,
+    top: int | None = None,
+    min_quote_volume: float | None = None,
+    home: str | None = None,
+) -> dict[str, Any]:
+    """Load candles into the store, validated; idempotent.
+
+    Returns:
+        ``{"symbols": {SYM: {"rows_added", "rows_total", "first_open_time",
+        "last_open_time", "gaps", ...}}}`` (``qt ingest --json``).
+
+    Raises:
+        IngestFailed: some symbols failed (the others were stored); ``.report`` holds them.
+    """
+    settings = load_settings(Path(home) if home else None)
+    futures: dict[str, PrefectFuture[SymbolReport]] = {}
+    if source == "binance":
+        ival = interval or settings.default_interval
+        universe = symbols or plan_universe(settings, market, top or 10, _min_volume(settings, min_quote_volume))
+        for symbol in universe:
+            futures[symbol] = ingest_binance_task.submit(symbol, ival, market, start, end, settings)
+    else:
+        files = sample_paths(symbols, interval) if source == "sample" else expand_paths(paths or [])
+        ival = SAMPLE_INTERVAL if source == "sample" else interval
+        for (symbol, dataset_interval), group in group_files(files, symbols, ival).items():
+            futures[symbol] = ingest_files_task.submit(symbol, dataset_interval, market, group, source, settings)
+    return _gather(futures)
+
+
+def _min_volume(settings: Settings, given: float | None) -> float:
+    return settings.min_quote_volume if given is None else given
+
+
+def _gather(futures: dict[str, PrefectFuture[SymbolReport]]) -> dict[str, Any]:
+    """Wait for every symbol; report the stored ones, then fail naming the others."""
+    report: dict[str, Any] = {"symbols": {}}
+    failures: dict[str, QTError] = {}
+    for symbol, future in futures.items():
+        try:
+            report["symbols"][symbol] = future.result().to_json()
+        except QTError as err:
+            failures[symbol] = err
+    if failures:
+        error = IngestFailed(failures)
+        error.report = report
+        raise error
+    return report

@@ -1,0 +1,1 @@
+"""Things that start servers: the local fake exchange, deployments, UI launchers."""

@@ -1,0 +1,1 @@
+"""Everything MLflow: runs, the ensemble's pyfunc, register, aliases, promotion, rollback."""

@@ -1,0 +1,1 @@
+"""The live side: champion loader, signals, sizing, risk, exits, brokers, journal, API."""

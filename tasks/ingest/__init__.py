@@ -1,0 +1,142 @@
+"""Ingest: get candles from a source, validate them, store them — one symbol at a time.
+
+These are the plain functions the Prefect flow in ``flows/ingest.py`` composes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from core import progress
+from core.candles import interval_ms, to_store_frame
+from core.errors import BadDataError
+from core.settings import Settings
+from core.timeutil import now_ms, to_ms
+from tasks.batch import CandleBatch
+from tasks.ingest.binance import BinanceKlineSource
+from tasks.ingest.files import combine_files, read_candle_file
+from tasks.store import CandleStore, UpsertResult
+from tasks.validate import quarantine, validate_batch
+
+
+@dataclass(frozen=True)
+class SymbolReport:
+    """What one symbol's ingest did; the JSON of ``qt ingest`` per symbol."""
+
+    symbol: str
+    interval: str
+    market: str
+    rows_added: int
+    rows_updated: int
+    rows_total: int
+    first_open_time: str | None
+    last_open_time: str | None
+    gaps: int
+    missing_candles: int
+
+    @classmethod
+    def from_upsert(cls, batch: CandleBatch, result: UpsertResult) -> SymbolReport:
+        """Build the report of a batch from what the store did with it."""
+        iso = "%Y-%m-%dT%H:%M:%SZ"
+        return cls(
+            symbol=batch.symbol,
+            interval=batch.interval,
+            market=batch.market,
+            rows_added=result.rows_added,
+            rows_updated=result.rows_updated,
+            rows_total=result.rows_total,
+            first_open_time=result.first_open_time.strftime(iso) if result.first_open_time else None,
+            last_open_time=result.last_open_time.strftime(iso) if result.last_open_time else None,
+            gaps=result.gaps,
+            missing_candles=result.missing_candles,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def store_batch(batch: CandleBatch, settings: Settings) -> SymbolReport:
+    """Validate a batch and upsert it; a failing batch is quarantined and nothing is stored.
+
+    Raises:
+        BadDataError: naming the dataset, source file and rows, and the quarantine folder.
+    """
+    store = CandleStore(settings.store_dir)
+    if batch.raw.empty:
+        return SymbolReport.from_upsert(batch, store.describe(batch.symbol, batch.interval, batch.market))
+    frame, report = validate_batch(batch)
+    if not report.success:
+        folder = quarantine(batch, report, settings.quarantine_dir)
+        raise BadDataError(
+            f"{batch.label} from {batch.source}: {len(report.failures)} check(s) failed, "
+            f"nothing stored\n{report.summary()}",
+            folder,
+        )
+    result = store.upsert(batch.symbol, batch.interval, batch.market, to_store_frame(frame))
+    return SymbolReport.from_upsert(batch, result)
+
+
+def ingest_files(
+    symbol: str, interval: str, market: str, paths: list[Path], source: str, settings: Settings
+) -> SymbolReport:
+    """Read one dataset's files (any order, overlapping), validate and store them."""
+    raw = combine_files(read_candle_file(p) for p in paths)
+    names = ", ".join(p.name for p in paths[:3]) + (f" (+{len(paths) - 3} files)" if len(paths) > 3 else "")
+    return store_batch(CandleBatch(symbol, interval, market, f"{source}: {names}", raw), settings)
+
+
+def fetch_ranges(
+    store: CandleStore,
+    symbol: str,
+    interval: str,
+    market: str,
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    default_lookback_days: int,
+) -> list[tuple[int, int | None]]:
+    """Open-time ranges (ms, inclusive; None = up to now) still missing from the store.
+
+    Empty store: from ``start`` (default: ``default_lookback_days`` ago). Otherwise
+    incremental from the newest stored candle, plus a backfill before the oldest one when
+    ``start`` lies earlier.
+    """
+    step = interval_ms(interval)
+    end_ms = to_ms(end) if end is not None else None
+    stored = store.read(symbol, interval, market)
+    if stored.empty:
+        start_ms = to_ms(start) if start is not None else now_ms() - default_lookback_days * 86_400_000
+        return [(start_ms - start_ms % step, end_ms)]
+    first, last = to_ms(stored.index[0]), to_ms(stored.index[-1])
+    ranges: list[tuple[int, int | None]] = []
+    if start is not None and to_ms(start) < first:
+        ranges.append((to_ms(start) - to_ms(start) % step, first - step))
+    if end_ms is None or end_ms > last:
+        ranges.append((last + step, end_ms))
+    return ranges
+
+
+def ingest_binance(
+    symbol: str,
+    interval: str,
+    market: str,
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    settings: Settings,
+    source: BinanceKlineSource | None = None,
+) -> SymbolReport:
+    """Backfill and/or update one symbol from Binance (closed candles only), then store."""
+    source = source or BinanceKlineSource(settings, market)
+    store = CandleStore(settings.store_dir)
+    key = f"{symbol} {interval}"
+    pieces = [
+        source.klines(symbol, interval, lo, hi, progress=lambda d, t: progress.report(key, d, t)).raw
+        for lo, hi in fetch_ranges(store, symbol, interval, market, start, end, settings.default_lookback_days)
+    ]
+    raw = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
+    if pieces:
+        raw["source_row"] = range(1, len(raw) + 1)
+    return store_batch(CandleBatch(symbol, interval, market, f"binance {market}", raw), settings)

@@ -1,0 +1,189 @@
+"""Parquet candle store: one file per (market, symbol, interval), UTC ``open_time`` index.
+
+Writes are atomic (temp file in the same folder, fsync, rename, fsync the folder) and
+serialised per dataset with a file lock, so a crash at any point leaves either the old or
+the new file. Upserts are idempotent: re-ingesting rows already stored writes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.candles import KLINE_COLUMNS, check_market, count_gaps, empty_candles, interval_ms
+
+_VALUE_COLUMNS = list(KLINE_COLUMNS[1:])
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What an upsert changed and what the dataset now holds."""
+
+    rows_added: int
+    rows_updated: int
+    rows_total: int
+    first_open_time: pd.Timestamp | None
+    last_open_time: pd.Timestamp | None
+    gaps: int
+    missing_candles: int
+
+
+class CandleStore:
+    """The candle datasets under one folder (``<home>/store``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, symbol: str, interval: str, market: str = "spot") -> Path:
+        """File of one dataset: ``<root>/<market>/<interval>/<SYMBOL>.parquet``."""
+        return self.root / check_market(market) / interval / f"{symbol}.parquet"
+
+    def symbols(self, interval: str, market: str = "spot") -> list[str]:
+        """Symbols stored for an interval and market, sorted."""
+        folder = self.root / check_market(market) / interval
+        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
+
+    def read(
+        self,
+        symbol: str,
+        interval: str,
+        market: str = "spot",
+        start: pd.Timestamp | None = None,
+        end: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Candles of one dataset with ``start <= open_time <= end``, indexed by ``open_time``.
+
+        A dataset that does not exist reads as an empty frame with the store's dtypes.
+        """
+        path = self.path(symbol, interval, market)
+        if not path.exists():
+            return empty_candles()
+        filters = []
+        if start is not None:
+            filters.append(("open_time", ">=", pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))))
+        if end is not None:
+            filters.append(("open_time", "<=", pa.scalar(end, type=pa.timestamp("ms", tz="UTC"))))
+        table = pq.read_table(path, filters=filters or None)
+        return table.to_pandas().set_index("open_time")
+
+    def read_many(
+        self,
+        symbols: Sequence[str],
+        interval: str,
+        market: str = "spot",
+        start: pd.Timestamp | None = None,
+        end: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Candles of many symbols in one frame indexed by ``(symbol, open_time)``.
+
+        Files are read in parallel threads (pyarrow releases the GIL).
+        """
+        if not symbols:
+            raise ValueError("read_many needs at least one symbol")
+        with ThreadPoolExecutor(max_workers=min(8, len(symbols))) as pool:
+            frames = list(pool.map(lambda s: self.read(s, interval, market, start, end), symbols))
+        return pd.concat(frames, keys=list(symbols), names=["symbol", "open_time"])
+
+    def upsert(self, symbol: str, interval: str, market: str, candles: pd.DataFrame) -> UpsertResult:
+        """Merge validated candles (store layout, see ``core.candles.to_store_frame``).
+
+        New open times are added; an open time already stored takes the incoming values
+        (the exchange is the source of truth); nothing else is touched. When nothing
+        changes the file is not rewritten.
+        """
+        path = self.path(symbol, interval, market)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path):
+            stored = self.read(symbol, interval, market)
+            incoming = candles[_VALUE_COLUMNS]
+            is_new = ~incoming.index.isin(stored.index)
+            overlap = incoming.index[~is_new]
+            changed = _changed_rows(stored.loc[overlap], incoming.loc[overlap])
+            rows_added, rows_updated = int(is_new.sum()), int(changed)
+            if rows_added or rows_updated:
+                merged = pd.concat([stored[~stored.index.isin(overlap)], incoming]).sort_index()
+                _atomic_write(merged, path)
+            else:
+                merged = stored
+        return _summarise(merged, interval, rows_added, rows_updated)
+
+    def describe(self, symbol: str, interval: str, market: str = "spot") -> UpsertResult:
+        """What a dataset holds, as an upsert that changed nothing would report it."""
+        return _summarise(self.read(symbol, interval, market), interval, 0, 0)
+
+    def last_open_time(self, symbol: str, interval: str, market: str = "spot") -> pd.Timestamp | None:
+        """Newest stored open time, or None for an empty dataset (reads one column only)."""
+        path = self.path(symbol, interval, market)
+        if not path.exists():
+            return None
+        times = pq.read_table(path, columns=["open_time"]).column("open_time")
+        return pd.Timestamp(times[-1].as_py()) if len(times) else None
+
+
+def _summarise(frame: pd.DataFrame, interval: str, added: int, updated: int) -> UpsertResult:
+    gaps, missing = count_gaps(frame.index, interval_ms(interval))
+    return UpsertResult(
+        rows_added=added,
+        rows_updated=updated,
+        rows_total=len(frame),
+        first_open_time=frame.index[0] if len(frame) else None,
+        last_open_time=frame.index[-1] if len(frame) else None,
+        gaps=gaps,
+        missing_candles=missing,
+    )
+
+
+def _changed_rows(old: pd.DataFrame, new: pd.DataFrame) -> int:
+    """How many aligned rows differ in any value (null equals null)."""
+    if old.empty:
+        return 0
+    same = (old == new) | (old.isna() & new.isna())
+    return int((~same.all(axis=1)).sum())
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on a dataset, held for a whole read-merge-write."""
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
+    """Replace ``path`` with ``frame`` so that readers see the old or the new file only.
+
+    Called under the dataset lock, so temp files left by a crashed writer can be removed.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    table = pa.Table.from_pandas(frame.reset_index(), preserve_index=False)
+    try:
+        with open(tmp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd", row_group_size=64_000)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+

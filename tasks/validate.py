@@ -1,0 +1,243 @@
+"""Great Expectations checks for candle batches, and quarantine of failing ones.
+
+Two suites run in order: ``schema`` (required columns present), then ``ohlcv`` (types,
+nulls, price/volume ranges, OHLC consistency, unique increasing aligned timestamps,
+``close_time = open_time + interval - 1 ms``). Gaps are counted, not rejected: exchanges
+have maintenance windows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.candles import FLOAT_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, from_store_frame, interval_ms
+from core.timeutil import ms_to_iso, now_ms
+from tasks.batch import ORIGIN_COLUMNS, CandleBatch, coerce_numeric
+
+log = logging.getLogger(__name__)
+_MAX_ROWS_IN_REPORT = 20
+_gx_lock = threading.Lock()  # GX's ephemeral context is not documented as thread-safe
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation: what was expected, and the rows that broke it."""
+
+    expectation: str
+    columns: tuple[str, ...]
+    unexpected_count: int
+    rows: tuple[dict[str, Any], ...]
+
+    def describe(self) -> str:
+        """``high >= low: 1 row (line 5 ...)`` for error messages."""
+        where = "; ".join(_describe_row(row) for row in self.rows[:3])
+        more = f" (+{self.unexpected_count - 3} more)" if self.unexpected_count > 3 else ""
+        rows = f": {where}{more}" if where else ""
+        noun = "row" if self.unexpected_count == 1 else "rows"
+        count = f"{self.unexpected_count} {noun}" if self.unexpected_count else "failed"
+        return f"{self.expectation} [{', '.join(self.columns)}] {count}{rows}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Outcome of validating one batch."""
+
+    label: str
+    source: str
+    rows: int
+    failures: tuple[Failure, ...]
+
+    @property
+    def success(self) -> bool:
+        """True when every expectation held."""
+        return not self.failures
+
+    def summary(self) -> str:
+        """One line per failed expectation, naming the rows."""
+        return "\n".join(f"  - {failure.describe()}" for failure in self.failures)
+
+
+@lru_cache(maxsize=1)
+def _context() -> Any:
+    import great_expectations as gx
+
+    # GX pins one module logger at INFO ("Created temporary directory ..."): keep it quiet
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = {"globally": False}
+    return ctx
+
+
+@lru_cache(maxsize=16)
+def _suites(step_ms: int, check_alignment: bool) -> tuple[Any, Any, Any]:
+    """Batch definition plus the schema and value suites for one interval length."""
+    import great_expectations as gx
+    from great_expectations import expectations as gxe
+
+    ctx = _context()
+    name = f"candles_{step_ms}_{int(check_alignment)}"
+    batch_def = (
+        ctx.data_sources.add_pandas(name)
+        .add_dataframe_asset("candles")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    schema = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_schema"))
+    for col in REQUIRED_COLUMNS:
+        schema.add_expectation(gxe.ExpectColumnToExist(column=col))
+
+    values = ctx.suites.add(gx.ExpectationSuite(name=f"{name}_ohlcv"))
+    values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="unparseable_fields", value_set=[""]))
+    for col in REQUIRED_COLUMNS:
+        values.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col))
+    for col in ("open_time", "close_time"):
+        values.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=["int64"]))
+    for col in FLOAT_COLUMNS:
+        values.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=["float64"]))
+    for col in PRICE_COLUMNS:
+        values.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, strict_min=True))
+    values.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0))
+    for upper, lower in (("open", "low"), ("close", "low"), ("high", "open"), ("high", "close")):
+        values.add_expectation(
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=upper, column_B=lower, or_equal=True)
+        )
+    values.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="open_time"))
+    values.add_expectation(gxe.ExpectColumnValuesToBeIncreasing(column="open_time", strictly=True))
+    if check_alignment:
+        values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="open_time_offset_ms", value_set=[0]))
+    values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="close_time_error_ms", value_set=[0]))
+    return batch_def, schema, values
+
+
+def prepare(batch: CandleBatch) -> pd.DataFrame:
+    """The numeric frame GX checks: coerced values, derived check columns, origin columns."""
+    frame, unparseable = coerce_numeric(batch.raw)
+    step = interval_ms(batch.interval)
+    for col in FLOAT_COLUMNS:
+        if col not in frame:
+            frame[col] = float("nan")
+        frame[col] = frame[col].astype("float64")
+    frame["unparseable_fields"] = unparseable
+    if all(col in frame for col in REQUIRED_COLUMNS):
+        for col in ("open_time", "close_time"):
+            if frame[col].notna().all():
+                frame[col] = frame[col].astype("int64")
+        frame["open_time_offset_ms"] = frame["open_time"] % step
+        frame["close_time_error_ms"] = frame["close_time"] - frame["open_time"] - (step - 1)
+    return frame
+
+
+def validate_batch(batch: CandleBatch) -> tuple[pd.DataFrame, ValidationReport]:
+    """Run the schema and value suites on a batch.
+
+    Returns:
+        The numeric frame (what gets stored when the report is a success) and the report.
+    """
+    frame = prepare(batch)
+    step = interval_ms(batch.interval)
+    with _gx_lock:
+        batch_def, schema, values = _suites(step, check_alignment=not batch.interval.endswith("M"))
+        failures = _run(batch_def, schema, frame)
+        if not failures:
+            failures = _run(batch_def, values, frame)
+    report = ValidationReport(batch.label, batch.source, len(frame), tuple(failures))
+    return frame, report
+
+
+def _run(batch_def: Any, suite: Any, frame: pd.DataFrame) -> list[Failure]:
+    result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
+        suite,
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": list(ORIGIN_COLUMNS),
+        },
+    )
+    failures = []
+    for res in result.results:
+        if res.success:
+            continue
+        kwargs = res.expectation_config.kwargs
+        columns = tuple(str(kwargs[k]) for k in ("column", "column_A", "column_B") if k in kwargs)
+        detail = res.result or {}
+        rows = tuple(_clean_row(row, frame) for row in detail.get("unexpected_index_list", [])[:_MAX_ROWS_IN_REPORT])
+        failures.append(
+            Failure(
+                expectation=res.expectation_config.type,
+                columns=columns,
+                unexpected_count=int(detail.get("unexpected_count", 0) or 0),
+                rows=rows,
+            )
+        )
+    return failures
+
+
+def _clean_row(row: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    """JSON-friendly row description with its origin and the open time it claims."""
+    clean: dict[str, Any] = {}
+    for key, value in row.items():
+        clean[key] = value.item() if hasattr(value, "item") else value
+    match = frame[(frame["source_file"] == clean.get("source_file")) & (frame["source_row"] == clean.get("source_row"))]
+    if len(match) and "open_time" in match and pd.notna(match["open_time"].iloc[0]):
+        clean.setdefault("open_time", ms_to_iso(int(match["open_time"].iloc[0])))
+    return clean
+
+
+def _describe_row(row: dict[str, Any]) -> str:
+    origin = f"{row.get('source_file')} row {row.get('source_row')}"
+    values = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ORIGIN_COLUMNS)
+    return f"{origin} ({values})" if values else origin
+
+
+def quarantine(batch: CandleBatch, report: ValidationReport, quarantine_dir: Path) -> Path:
+    """Write a failing batch and a readable report under ``quarantine_dir``; return the folder.
+
+    The batch is written as it was read (raw values, origin columns), so nothing is lost.
+    """
+    stamp = pd.Timestamp(now_ms(), unit="ms", tz="UTC").strftime("%Y%m%dT%H%M%S%fZ")
+    folder = quarantine_dir / f"{stamp}_{batch.market}_{batch.symbol}_{batch.interval}"
+    folder.mkdir(parents=True, exist_ok=True)
+    batch.raw.to_csv(folder / "batch.csv", index=False)
+    payload = {
+        "dataset": report.label,
+        "source": report.source,
+        "rows": report.rows,
+        "failures": [
+            {
+                "expectation": f.expectation,
+                "columns": list(f.columns),
+                "unexpected_count": f.unexpected_count,
+                "rows": list(f.rows),
+            }
+            for f in report.failures
+        ],
+    }
+    (folder / "report.json").write_text(json.dumps(payload, indent=2, default=str))
+    lines = [f"# Rejected batch: {report.label}", "", f"source: {report.source}", f"rows: {report.rows}", ""]
+    lines += [f"- {f.describe()}" for f in report.failures]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    log.warning("quarantined %s (%d rows) in %s", report.label, report.rows, folder)
+    return folder
+
+
+def validate_stored(
+    store_frame: pd.DataFrame, symbol: str, interval: str, market: str, source: str
+) -> ValidationReport:
+    """Run the suites over a dataset already in the store (``qt validate``).
+
+    Args:
+        store_frame: the dataset as ``CandleStore.read`` returns it.
+        symbol, interval, market: which dataset it is.
+        source: how messages name it (its file); rows are numbered from 1 in time order.
+    """
+    raw = from_store_frame(store_frame)
+    raw["source_file"] = source
+    raw["source_row"] = range(1, len(raw) + 1)
+    return validate_batch(CandleBatch(symbol, interval, market, source, raw))[1]

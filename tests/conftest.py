@@ -1,0 +1,77 @@
+"""Shared fixtures: a fresh home per test, real candles from the bundled sample."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.settings import Settings, configure_environment, load_settings
+from tasks.ingest.files import read_candle_file
+from tasks.ingest.sample import SAMPLE_DIR
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_offline_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Telemetry off, and one Prefect home for the whole session (its DB starts once)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    configure_environment(Settings(home=tmp_path_factory.mktemp("unused-home")))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh home and fast retries."""
+    os.environ.pop("QT_HOME", None)
+    s = load_settings(tmp_path / "home")
+    s.http_backoff_s = 0.05
+    s.http_timeout_s = 2.0
+    return s
+
+
+@pytest.fixture(scope="session")
+def btc_raw() -> pd.DataFrame:
+    """Real BTCUSDT 1h candles (10,968 rows, kline columns, int-ms times) from the sample."""
+    raw = read_candle_file(SAMPLE_DIR / "BTCUSDT-1h.zip")
+    return raw.drop(columns=["source_file", "source_row"])
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Write a kline frame as a CSV named like a Binance file; returns its path."""
+
+    def _write(frame: pd.DataFrame, name: str = "BTCUSDT-1h.csv", header: bool = True) -> Path:
+        path = tmp_path / "files" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False, header=header)
+        return path
+
+    return _write
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server for every flow test (it takes ~15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data/binance, skipping the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (only a developer checkout has ../shared)")
+    return path
+
+
+def copy_sample(dest: Path, symbols: list[str]) -> list[Path]:
+    """Copy bundled sample zips into ``dest``; returns the copies."""
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(SAMPLE_DIR / f"{s}-1h.zip", dest)) for s in symbols]
