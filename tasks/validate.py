@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.candles import FLOAT_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, from_store_frame, interval_ms
+from core.candles import FLOAT_COLUMNS, OPTIONAL_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, from_store_frame, interval_ms
 from core.timeutil import ms_to_iso, now_ms
 from tasks.batch import ORIGIN_COLUMNS, CandleBatch, coerce_numeric
 
@@ -121,10 +121,12 @@ def prepare(batch: CandleBatch) -> pd.DataFrame:
     """The numeric frame GX checks: coerced values, derived check columns, origin columns."""
     frame, unparseable = coerce_numeric(batch.raw)
     step = interval_ms(batch.interval)
-    for col in FLOAT_COLUMNS:
+    for col in OPTIONAL_COLUMNS:  # public files may lack these; required ones must exist
         if col not in frame:
             frame[col] = float("nan")
-        frame[col] = frame[col].astype("float64")
+    for col in FLOAT_COLUMNS:
+        if col in frame:
+            frame[col] = frame[col].astype("float64")
     frame["unparseable_fields"] = unparseable
     if all(col in frame for col in REQUIRED_COLUMNS):
         for col in ("open_time", "close_time"):

@@ -85,7 +85,7 @@ def ingest_files(
 ) -> SymbolReport:
     """Read one dataset's files (any order, overlapping), validate and store them."""
     raw = combine_files(read_candle_file(p) for p in paths)
-    names = ", ".join(p.name for p in paths[:3]) + (f" (+{len(paths) - 3} files)" if len(paths) > 3 else "")
+    names = ", ".join(str(p) for p in paths[:3]) + (f" (+{len(paths) - 3} files)" if len(paths) > 3 else "")
     return store_batch(CandleBatch(symbol, interval, market, f"{source}: {names}", raw), settings)
 
 
