@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.markup import escape
 
 from cli.output import emit_json, progress_bars, setup_console_logging, stderr, stdout, table
-from core.errors import IngestFailed, QTError
+from core.errors import IngestError, QTError
 from core.settings import Settings, configure_environment, load_settings
 
 app = typer.Typer(
@@ -28,9 +28,16 @@ app = typer.Typer(
 
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", envvar="QT_HOME", help="State folder (store, MLflow, Prefect, journal).", show_default="./.qt"),
+    typer.Option(
+        "--home",
+        envvar="QT_HOME",
+        help="State folder (store, MLflow, Prefect, journal).",
+        show_default="./.qt",
+    ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")
+]
 SymbolsOpt = Annotated[
     str | None, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
 ]
@@ -54,7 +61,7 @@ def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[d
         configure_environment(settings)
         document, renderable = command(settings)
     except QTError as err:
-        partial = err.report if isinstance(err, IngestFailed) else {}
+        partial = err.report if isinstance(err, IngestError) else {}
         if as_json:
             emit_json({**partial, "error": str(err), "exit_code": err.exit_code})
         stderr.print(f"[bold red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
@@ -67,7 +74,15 @@ def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[d
 
 def _ingest_table(report: dict[str, Any]) -> Any:
     rows = [
-        [sym, r["rows_added"], r["rows_total"], r["first_open_time"], r["last_open_time"], r["gaps"], r["missing_candles"]]
+        [
+            sym,
+            r["rows_added"],
+            r["rows_total"],
+            r["first_open_time"],
+            r["last_open_time"],
+            r["gaps"],
+            r["missing_candles"],
+        ]
         for sym, r in report["symbols"].items()
     ]
     columns = ["symbol", "rows added", "rows total", "first open_time", "last open_time", "gaps", "missing"]
@@ -80,12 +95,17 @@ def ingest(
     symbols: SymbolsOpt = None,
     interval: IntervalOpt = None,
     market: MarketOpt = "spot",
-    start: Annotated[str | None, typer.Option("--start", help="First open time (UTC), e.g. 2024-01-01.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="First open time (UTC), e.g. 2024-01-01.")
+    ] = None,
     end: Annotated[str | None, typer.Option("--end", help="Last open time (UTC), inclusive.")] = None,
     path: Annotated[
-        list[str] | None, typer.Option("--path", help="File, folder or quoted glob; repeatable (files source).")
+        list[str] | None,
+        typer.Option("--path", help="File, folder or quoted glob; repeatable (files source)."),
     ] = None,
-    top: Annotated[int | None, typer.Option("--top", help="Binance: the N symbols with most 24h quote volume.")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="Binance: the N symbols with most 24h quote volume.")
+    ] = None,
     min_quote_volume: Annotated[
         float | None, typer.Option("--min-quote-volume", help="Binance universe: minimum 24h quote volume.")
     ] = None,
@@ -98,22 +118,27 @@ def ingest(
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
-        from core.candles import check_market
+        from core.candles import check_market, interval_ms
         from core.errors import BadConfigError
         from core.timeutil import parse_utc
+        from tasks.ingest.files import expand_paths
 
         if source not in ("sample", "files", "binance"):
             raise BadConfigError(f"--source {source!r}: choose sample, files or binance")
-        if source == "files" and not path:
-            raise BadConfigError("--source files needs at least one --path")
+        if source == "files":
+            if not path:
+                raise BadConfigError("--source files needs at least one --path")
+            expand_paths(path)  # a missing file fails here, before Prefect starts
         check_market(market)
+        if interval:
+            interval_ms(interval)
         parse_utc(start, "--start")
         parse_utc(end, "--end")
-        from flows.ingest import ingest_flow
+        from flows.ingest import Source, ingest_flow
 
         with progress_bars(enabled=not as_json and stderr.is_terminal):
             report = ingest_flow(
-                source=source,
+                source=cast(Source, source),
                 symbols=_symbols(symbols),
                 interval=interval,
                 market=market,
@@ -148,7 +173,9 @@ def validate(
         ival = interval or settings.default_interval
         chosen = _symbols(symbols) or store.symbols(ival, market)
         if not chosen:
-            raise BadConfigError(f"no stored {ival} {market} candles under {settings.store_dir}; run qt ingest first")
+            raise BadConfigError(
+                f"no stored {ival} {market} candles under {settings.store_dir}; run qt ingest first"
+            )
         datasets: dict[str, Any] = {}
         for symbol in chosen:
             frame = store.read(symbol, ival, market)
@@ -169,7 +196,11 @@ def validate(
             detail = "\n".join(f"{s}: " + "; ".join(d["failures"]) for s, d in failed.items())
             raise BadDataError(f"stored data failed validation:\n{detail}")
         rows = [[s, d["rows"], "ok", d["gaps"], d["missing_candles"]] for s, d in datasets.items()]
-        return document, table(f"Validation of stored {ival} {market} candles", ["symbol", "rows", "checks", "gaps", "missing"], rows)
+        return document, table(
+            f"Validation of stored {ival} {market} candles",
+            ["symbol", "rows", "checks", "gaps", "missing"],
+            rows,
+        )
 
     _run(home, as_json, command)
 

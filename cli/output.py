@@ -28,7 +28,9 @@ def emit_json(document: dict[str, Any]) -> None:
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     """A Rich table with right-aligned numbers."""
     out = Table(title=title, title_justify="left")
-    numeric = [all(isinstance(r[i], (int, float)) for r in rows) if rows else False for i in range(len(columns))]
+    numeric = [
+        all(isinstance(r[i], (int, float)) for r in rows) if rows else False for i in range(len(columns))
+    ]
     for name, is_number in zip(columns, numeric, strict=True):
         out.add_column(name, justify="right" if is_number else "left")
     for row in rows:
@@ -56,7 +58,6 @@ def progress_bars(enabled: bool) -> Iterator[None]:
             yield
         finally:
             progress.set_sink(None)
-
 
 
 class _CliReportsFailures(logging.Filter):

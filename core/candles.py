@@ -65,9 +65,7 @@ def interval_ms(interval: str) -> int:
     """
     match = _INTERVAL_RE.match(interval)
     if match is None or interval not in BINANCE_INTERVALS:
-        raise BadConfigError(
-            f"unknown interval {interval!r}; known: {', '.join(BINANCE_INTERVALS)}"
-        )
+        raise BadConfigError(f"unknown interval {interval!r}; known: {', '.join(BINANCE_INTERVALS)}")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
@@ -101,16 +99,15 @@ def to_store_frame(raw: pd.DataFrame) -> pd.DataFrame:
     The result is indexed by a UTC ``open_time`` (ms precision) and has the kline columns
     with their store dtypes; columns a source lacks are null.
     """
-    out = pd.DataFrame(index=pd.to_datetime(raw["open_time"].to_numpy(), unit="ms", utc=True))
-    out.index = out.index.as_unit("ms")
-    out.index.name = "open_time"
+    index = pd.DatetimeIndex(pd.to_datetime(raw["open_time"].to_numpy(), unit="ms", utc=True))
+    out = pd.DataFrame(index=index.as_unit("ms").rename("open_time"))
     for col in FLOAT_COLUMNS:
-        values = raw[col] if col in raw else np.nan
+        values = raw.get(col, np.nan)
         out[col] = pd.to_numeric(pd.Series(values, index=raw.index), errors="coerce").to_numpy(
             dtype=np.float64
         )
     trades = raw["trades"] if "trades" in raw else pd.Series(pd.NA, index=raw.index)
-    out["trades"] = pd.array(pd.to_numeric(trades, errors="coerce"), dtype="Int64")
+    out["trades"] = pd.to_numeric(trades, errors="coerce").astype("Int64")
     close_time = pd.to_datetime(raw["close_time"].to_numpy(), unit="ms", utc=True)
     out["close_time"] = close_time.as_unit("ms")
     return out[list(KLINE_COLUMNS[1:])]

@@ -60,7 +60,7 @@ class ModelFaultError(QTError):
     """No usable model, or a model produced output that fails its contract."""
 
 
-class IngestFailed(QTError):
+class IngestError(QTError):
     """Some symbols of an ingest run failed; the others were stored.
 
     Args:

@@ -14,7 +14,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from core.errors import IngestFailed, QTError, RetryableError
+from core.candles import check_market, interval_ms
+from core.errors import IngestError, QTError, RetryableError
 from core.settings import Settings, load_settings
 from core.timeutil import parse_utc
 from tasks.ingest import SymbolReport, ingest_binance, ingest_files
@@ -81,20 +82,27 @@ def ingest_flow(
         "last_open_time", "gaps", ...}}}`` (``qt ingest --json``).
 
     Raises:
-        IngestFailed: some symbols failed (the others were stored); ``.report`` holds them.
+        IngestError: some symbols failed (the others were stored); ``.report`` holds them.
     """
     settings = load_settings(Path(home) if home else None)
+    check_market(market)
+    if interval is not None:
+        interval_ms(interval)  # fail before any network call
     futures: dict[str, PrefectFuture[SymbolReport]] = {}
     if source == "binance":
         ival = interval or settings.default_interval
-        universe = symbols or plan_universe(settings, market, top or 10, _min_volume(settings, min_quote_volume))
+        universe = symbols or plan_universe(
+            settings, market, top or 10, _min_volume(settings, min_quote_volume)
+        )
         for symbol in universe:
             futures[symbol] = ingest_binance_task.submit(symbol, ival, market, start, end, settings)
     else:
         files = sample_paths(symbols, interval) if source == "sample" else expand_paths(paths or [])
-        ival = SAMPLE_INTERVAL if source == "sample" else interval
-        for (symbol, dataset_interval), group in group_files(files, symbols, ival).items():
-            futures[symbol] = ingest_files_task.submit(symbol, dataset_interval, market, group, source, settings)
+        wanted_interval = SAMPLE_INTERVAL if source == "sample" else interval
+        for (symbol, dataset_interval), group in group_files(files, symbols, wanted_interval).items():
+            futures[symbol] = ingest_files_task.submit(
+                symbol, dataset_interval, market, group, source, settings
+            )
     return _gather(futures)
 
 
@@ -112,7 +120,7 @@ def _gather(futures: dict[str, PrefectFuture[SymbolReport]]) -> dict[str, Any]:
         except QTError as err:
             failures[symbol] = err
     if failures:
-        error = IngestFailed(failures)
+        error = IngestError(failures)
         error.report = report
         raise error
     return report

@@ -85,8 +85,10 @@ class FakeExchange:
         """Serve candles: a store frame (``open_time`` index) or kline columns in int ms."""
         raw = from_store_frame(candles) if isinstance(candles.index, pd.DatetimeIndex) else candles
         raw = raw.sort_values("open_time")
-        rows = [[_field(col, v) for col, v in zip(KLINE_COLUMNS, rec, strict=True)] + ["0"]
-                for rec in raw[list(KLINE_COLUMNS)].itertuples(index=False, name=None)]
+        rows = [
+            [_field(col, v) for col, v in zip(KLINE_COLUMNS, rec, strict=True)] + ["0"]
+            for rec in raw[list(KLINE_COLUMNS)].itertuples(index=False, name=None)
+        ]
         times = raw["open_time"].to_numpy(dtype=np.int64)
         with self._lock:
             self._series[(market, symbol, interval)] = _Series(times, rows)
@@ -210,7 +212,11 @@ class FakeExchange:
         if endpoint == "klines":
             return 200, self._klines(market, params, now)
         if endpoint == "ticker/24hr":
-            tickers = [self._ticker(sym, s, now) for (m, sym, ival), s in self._series.items() if m == market and ival == "1h"]
+            tickers = [
+                self._ticker(sym, s, now)
+                for (m, sym, ival), s in self._series.items()
+                if m == market and ival == "1h"
+            ]
             if "symbol" in params:
                 match = [t for t in tickers if t["symbol"] == params["symbol"]]
                 if not match:
@@ -224,7 +230,9 @@ class FakeExchange:
         return {
             "timezone": "UTC",
             "serverTime": now,
-            "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}],
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}
+            ],
             "symbols": [
                 {"symbol": s, "status": "TRADING", "baseAsset": s.removesuffix("USDT"), "quoteAsset": "USDT"}
                 for s in symbols
@@ -300,4 +308,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging."""
-

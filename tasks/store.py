@@ -186,4 +186,3 @@ def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-

@@ -18,7 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from core.candles import FLOAT_COLUMNS, OPTIONAL_COLUMNS, PRICE_COLUMNS, REQUIRED_COLUMNS, from_store_frame, interval_ms
+from core.candles import (
+    FLOAT_COLUMNS,
+    OPTIONAL_COLUMNS,
+    PRICE_COLUMNS,
+    REQUIRED_COLUMNS,
+    from_store_frame,
+    interval_ms,
+)
 from core.timeutil import ms_to_iso, now_ms
 from tasks.batch import ORIGIN_COLUMNS, CandleBatch, coerce_numeric
 
@@ -68,12 +75,13 @@ class ValidationReport:
 @lru_cache(maxsize=1)
 def _context() -> Any:
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     # GX pins one module logger at INFO ("Created temporary directory ..."): keep it quiet
     for name in ("great_expectations", "great_expectations.data_context.types.base"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = {"globally": False}
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     return ctx
 
 
@@ -169,7 +177,9 @@ def _run(batch_def: Any, suite: Any, frame: pd.DataFrame) -> list[Failure]:
         kwargs = res.expectation_config.kwargs
         columns = tuple(str(kwargs[k]) for k in ("column", "column_A", "column_B") if k in kwargs)
         detail = res.result or {}
-        rows = tuple(_clean_row(row, frame) for row in detail.get("unexpected_index_list", [])[:_MAX_ROWS_IN_REPORT])
+        rows = tuple(
+            _clean_row(row, frame) for row in detail.get("unexpected_index_list", [])[:_MAX_ROWS_IN_REPORT]
+        )
         failures.append(
             Failure(
                 expectation=res.expectation_config.type,
@@ -186,7 +196,9 @@ def _clean_row(row: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in row.items():
         clean[key] = value.item() if hasattr(value, "item") else value
-    match = frame[(frame["source_file"] == clean.get("source_file")) & (frame["source_row"] == clean.get("source_row"))]
+    match = frame[
+        (frame["source_file"] == clean.get("source_file")) & (frame["source_row"] == clean.get("source_row"))
+    ]
     if len(match) and "open_time" in match and pd.notna(match["open_time"].iloc[0]):
         clean.setdefault("open_time", ms_to_iso(int(match["open_time"].iloc[0])))
     return clean
@@ -236,7 +248,9 @@ def validate_stored(
 
     Args:
         store_frame: the dataset as ``CandleStore.read`` returns it.
-        symbol, interval, market: which dataset it is.
+        symbol: its symbol.
+        interval: its interval.
+        market: its market.
         source: how messages name it (its file); rows are numbered from 1 in time order.
     """
     raw = from_store_frame(store_frame)

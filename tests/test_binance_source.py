@@ -38,7 +38,9 @@ class Sleeps(list[float]):
             time.sleep(seconds)
 
 
-def source(settings: Settings, exchange: FakeExchange, market: str = "spot", sleeps: Sleeps | None = None) -> BinanceKlineSource:
+def source(
+    settings: Settings, exchange: FakeExchange, market: str = "spot", sleeps: Sleeps | None = None
+) -> BinanceKlineSource:
     settings.binance_spot_url = exchange.spot_url
     settings.binance_futures_url = exchange.futures_url
     return BinanceKlineSource(settings, market, sleep=sleeps if sleeps is not None else Sleeps())
@@ -98,7 +100,9 @@ def test_rate_limit_answers_wait_for_retry_after_then_succeed(
 
 
 @pytest.mark.parametrize("kind", ["500", "timeout", "invalid_json"])
-def test_transient_failures_are_retried_with_backoff(settings: Settings, exchange: FakeExchange, kind: str) -> None:
+def test_transient_failures_are_retried_with_backoff(
+    settings: Settings, exchange: FakeExchange, kind: str
+) -> None:
     settings.http_timeout_s = 0.3
     exchange.inject(Fault(kind, delay_s=1.0))
     sleeps = Sleeps()
@@ -116,7 +120,9 @@ def test_persistent_failure_gives_up_with_a_clear_error(settings: Settings, exch
     assert sleeps == [0.05, 0.1]
 
 
-def test_malformed_rows_are_quarantined_and_nothing_is_stored(settings: Settings, exchange: FakeExchange) -> None:
+def test_malformed_rows_are_quarantined_and_nothing_is_stored(
+    settings: Settings, exchange: FakeExchange
+) -> None:
     exchange.inject(Fault("malformed"))
     start = pd.Timestamp(hours_ago(exchange, 20), unit="ms", tz="UTC")
     with pytest.raises(BadDataError, match=r"binance spot BTCUSDT 1h row 2") as caught:
@@ -132,10 +138,14 @@ def test_unknown_symbol_needs_an_operator(settings: Settings, exchange: FakeExch
         source(settings, exchange).klines("NOPEUSDT", "1h", 0)
 
 
-def test_used_weight_near_the_limit_pauses_until_the_next_minute(settings: Settings, exchange: FakeExchange) -> None:
+def test_used_weight_near_the_limit_pauses_until_the_next_minute(
+    settings: Settings, exchange: FakeExchange
+) -> None:
     exchange.used_weight_override = 5500  # of 6000
     waits: list[float] = []
-    src = BinanceKlineSource(settings.model_copy(update={"binance_spot_url": exchange.spot_url}), "spot", sleep=waits.append)
+    src = BinanceKlineSource(
+        settings.model_copy(update={"binance_spot_url": exchange.spot_url}), "spot", sleep=waits.append
+    )
     src.server_time_ms()
     assert len(waits) == 1 and 0 < waits[0] <= 60.5
 

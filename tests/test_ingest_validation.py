@@ -19,14 +19,18 @@ def ingest(settings: Settings, *paths: Path):  # type: ignore[no-untyped-def]
     return ingest_files("BTCUSDT", "1h", "spot", list(paths), "files", settings)
 
 
-def test_good_file_is_stored_with_gaps_reported_not_rejected(settings: Settings, btc_raw: pd.DataFrame, write_csv) -> None:
+def test_good_file_is_stored_with_gaps_reported_not_rejected(
+    settings: Settings, btc_raw: pd.DataFrame, write_csv
+) -> None:
     with_gap = pd.concat([btc_raw.iloc[:100], btc_raw.iloc[103:200]])  # 3 missing hours
     report = ingest(settings, write_csv(with_gap))
     assert (report.rows_added, report.rows_total, report.gaps, report.missing_candles) == (197, 197, 1, 3)
     assert ingest(settings, write_csv(with_gap)).rows_added == 0
 
 
-def test_microsecond_dump_stores_the_same_candles(settings: Settings, btc_raw: pd.DataFrame, write_csv) -> None:
+def test_microsecond_dump_stores_the_same_candles(
+    settings: Settings, btc_raw: pd.DataFrame, write_csv
+) -> None:
     micro = btc_raw.iloc[:50].copy()
     micro["open_time"] *= 1000
     micro["close_time"] = micro["close_time"] * 1000 + 999
@@ -48,7 +52,10 @@ CASES = {
         lambda f: pd.concat([f.iloc[:4], f.iloc[[3]], f.iloc[4:]]),
         r"expect_column_values_to_be_unique \[open_time\] 2 rows: .*row 5.*row 6",
     ),
-    "non-number": (lambda f: _corrupt(f, 2, "close", "abc"), r"unparseable_fields.* row 4 \(unparseable_fields=close"),
+    "non-number": (
+        lambda f: _corrupt(f, 2, "close", "abc"),
+        r"unparseable_fields.* row 4 \(unparseable_fields=close",
+    ),
     "zero price": (lambda f: _corrupt(f, 6, "open", 0.0), r"be_between \[open\] 1 row: .*row 8"),
     "negative volume": (lambda f: _corrupt(f, 1, "volume", -5.0), r"be_between \[volume\] 1 row: .*row 3"),
     "misaligned open_time": (

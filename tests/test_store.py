@@ -27,7 +27,9 @@ def test_upsert_is_idempotent_and_does_not_rewrite(tmp_path: Path, btc_raw: pd.D
     assert store.path("BTCUSDT", "1h").stat().st_mtime_ns == mtime
 
 
-def test_overlapping_upsert_adds_new_and_takes_corrected_values(tmp_path: Path, btc_raw: pd.DataFrame) -> None:
+def test_overlapping_upsert_adds_new_and_takes_corrected_values(
+    tmp_path: Path, btc_raw: pd.DataFrame
+) -> None:
     store = CandleStore(tmp_path)
     store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw.iloc[:100]))
     newer = to_store_frame(btc_raw.iloc[50:150])
@@ -74,7 +76,9 @@ _CRASHING_WRITER = textwrap.dedent(
 )
 
 
-def test_a_writer_killed_midway_leaves_the_previous_data_intact(tmp_path: Path, btc_raw: pd.DataFrame) -> None:
+def test_a_writer_killed_midway_leaves_the_previous_data_intact(
+    tmp_path: Path, btc_raw: pd.DataFrame
+) -> None:
     store = CandleStore(tmp_path / "store")
     store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw.iloc[:5000]))
     before = store.read("BTCUSDT", "1h")

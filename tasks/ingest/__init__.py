@@ -134,7 +134,9 @@ def ingest_binance(
     key = f"{symbol} {interval}"
     pieces = [
         source.klines(symbol, interval, lo, hi, progress=lambda d, t: progress.report(key, d, t)).raw
-        for lo, hi in fetch_ranges(store, symbol, interval, market, start, end, settings.default_lookback_days)
+        for lo, hi in fetch_ranges(
+            store, symbol, interval, market, start, end, settings.default_lookback_days
+        )
     ]
     raw = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     if pieces:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -101,16 +102,15 @@ class BinanceKlineSource:
         rows: list[list[Any]] = []
         cursor, total = start_ms, max(0, (end - start_ms) // step + 1)
         while cursor <= end:
-            page = self.call(
-                lambda: fetch(
-                    symbol=symbol,
-                    interval=interval,
-                    startTime=cursor,
-                    endTime=end,
-                    limit=self.settings.kline_page_limit,
-                ),
-                f"{symbol} {interval} klines from {cursor}",
+            request = partial(
+                fetch,
+                symbol=symbol,
+                interval=interval,
+                startTime=cursor,
+                endTime=end,
+                limit=self.settings.kline_page_limit,
             )
+            page = self.call(request, f"{symbol} {interval} klines from {cursor}")
             if not page:
                 break
             rows.extend(page)

@@ -21,9 +21,7 @@ import pandas as pd
 from core.candles import KLINE_COLUMNS, check_symbol, interval_ms
 from core.errors import BadConfigError, BadDataError
 
-_NAME_RE = re.compile(
-    r"^(?P<symbol>[A-Z0-9]+)-(?P<interval>\d+[smhdwM])(?:-[^.]*)?\.(?:csv|zip)$"
-)
+_NAME_RE = re.compile(r"^(?P<symbol>[A-Z0-9]+)-(?P<interval>\d+[smhdwM])(?:-[^.]*)?\.(?:csv|zip)$")
 #: Header names used by Binance dumps and freqtrade exports, mapped to ours.
 _HEADER_ALIASES = {
     "count": "trades",
