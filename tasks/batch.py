@@ -54,10 +54,13 @@ def coerce_numeric(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         if col not in raw:
             continue
         values = raw[col]
-        numeric = pd.to_numeric(values, errors="coerce")
-        lost = values.notna() & numeric.isna() & (values.astype(str).str.strip() != "")
-        if lost.any():
-            bad_fields[lost] = bad_fields[lost] + np.where(bad_fields[lost] == "", "", ",") + col
+        if pd.api.types.is_numeric_dtype(values):  # parsed as numbers already: nothing to lose
+            numeric = values
+        else:
+            numeric = pd.to_numeric(values, errors="coerce")
+            lost = values.notna() & numeric.isna() & (values.astype(str).str.strip() != "")
+            if lost.any():
+                bad_fields[lost] = bad_fields[lost] + np.where(bad_fields[lost] == "", "", ",") + col
         if col in ("open_time", "close_time"):
             numeric = numeric.where(numeric < _MICROSECONDS_FROM, numeric // 1000)
         frame[col] = numeric
