@@ -49,11 +49,16 @@ def main() -> int:
         groups = group_files(expand_paths([str(SHARED)]), None, "1h")
 
         def ingest_all() -> int:
-            return sum(ingest_files(s, i, "spot", p, "files", settings).rows_added for (s, i), p in groups.items())
+            return sum(
+                ingest_files(s, i, "spot", p, "files", settings).rows_added for (s, i), p in groups.items()
+            )
 
         ingest_all_warm = ingest_files  # GX import + suite build happen on first use: warm them up
-        _, warmup = _timed(lambda: ingest_all_warm("BTCUSDT", "1h", "spot", groups[("BTCUSDT", "1h")], "files",
-                                                    load_settings(Path(tmp) / "warm")))
+        _, warmup = _timed(
+            lambda: ingest_all_warm(
+                "BTCUSDT", "1h", "spot", groups[("BTCUSDT", "1h")], "files", load_settings(Path(tmp) / "warm")
+            )
+        )
         rows, cold_s = _timed(ingest_all)
         noop_rows, noop_s = _timed(ingest_all)
         store = CandleStore(settings.store_dir)
@@ -62,8 +67,22 @@ def main() -> int:
 
         home = Path(tmp) / "cli-home"
         env = {**os.environ, "QT_HOME": str(home)}
-        cmd = [sys.executable, "-m", "cli.main", "ingest", "--source", "files", "--path", str(SHARED), "--interval", "1h", "--json"]
-        cli, cli_s = _timed(lambda: subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "ingest",
+            "--source",
+            "files",
+            "--path",
+            str(SHARED),
+            "--interval",
+            "1h",
+            "--json",
+        ]
+        cli, cli_s = _timed(
+            lambda: subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        )
 
     results = {
         "files": len(files),

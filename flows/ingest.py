@@ -92,7 +92,10 @@ def ingest_flow(
     if source == "binance":
         ival = interval or settings.default_interval
         universe = symbols or plan_universe(
-            settings, market, top or 10, _min_volume(settings, min_quote_volume)
+            settings,
+            market,
+            top or 10,
+            settings.min_quote_volume if min_quote_volume is None else min_quote_volume,
         )
         for symbol in universe:
             futures[symbol] = ingest_binance_task.submit(symbol, ival, market, start, end, settings)
@@ -104,10 +107,6 @@ def ingest_flow(
                 symbol, dataset_interval, market, group, source, settings
             )
     return _gather(futures)
-
-
-def _min_volume(settings: Settings, given: float | None) -> float:
-    return settings.min_quote_volume if given is None else given
 
 
 def _gather(futures: dict[str, PrefectFuture[SymbolReport]]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,6 @@ class CandleBatch:
     market: str
     source: str
     raw: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:

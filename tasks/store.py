@@ -121,13 +121,17 @@ class CandleStore:
         """What a dataset holds, as an upsert that changed nothing would report it."""
         return _summarise(self.read(symbol, interval, market), interval, 0, 0)
 
-    def last_open_time(self, symbol: str, interval: str, market: str = "spot") -> pd.Timestamp | None:
-        """Newest stored open time, or None for an empty dataset (reads one column only)."""
+    def time_range(
+        self, symbol: str, interval: str, market: str = "spot"
+    ) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """Oldest and newest stored open time (reads that column only); None when empty."""
         path = self.path(symbol, interval, market)
         if not path.exists():
             return None
         times = pq.read_table(path, columns=["open_time"]).column("open_time")
-        return pd.Timestamp(times[-1].as_py()) if len(times) else None
+        if len(times) == 0:
+            return None
+        return pd.Timestamp(times[0].as_py()), pd.Timestamp(times[-1].as_py())
 
 
 def _summarise(frame: pd.DataFrame, interval: str, added: int, updated: int) -> UpsertResult:

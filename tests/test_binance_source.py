@@ -171,3 +171,16 @@ def test_universe_is_top_n_by_quote_volume_above_minimum(
 def test_closed_means_close_time_before_the_exchange_clock() -> None:
     frame = pd.DataFrame({"close_time": ["1999", 2999, None]})
     assert _is_closed(frame, 2000).tolist() == [True, False, True]  # unparseable kept for validation
+
+
+def test_an_earlier_start_backfills_before_the_oldest_stored_candle(
+    settings: Settings, exchange: FakeExchange, btc_raw: pd.DataFrame
+) -> None:
+    def at(i: int) -> pd.Timestamp:
+        return pd.Timestamp(int(btc_raw["open_time"].iloc[i]), unit="ms", tz="UTC")
+
+    ingest_binance("BTCUSDT", "1h", "spot", at(2900), None, settings, source(settings, exchange))
+    exchange.requests.clear()
+    report = ingest_binance("BTCUSDT", "1h", "spot", at(2800), None, settings, source(settings, exchange))
+    assert (report.rows_added, report.rows_total) == (100, 200)
+    assert [int(p["endTime"]) for p in kline_requests(exchange)] == [int(btc_raw["open_time"].iloc[2899])]

@@ -106,11 +106,11 @@ def fetch_ranges(
     """
     step = interval_ms(interval)
     end_ms = to_ms(end) if end is not None else None
-    stored = store.read(symbol, interval, market)
-    if stored.empty:
+    stored = store.time_range(symbol, interval, market)
+    if stored is None:
         start_ms = to_ms(start) if start is not None else now_ms() - default_lookback_days * 86_400_000
         return [(start_ms - start_ms % step, end_ms)]
-    first, last = to_ms(stored.index[0]), to_ms(stored.index[-1])
+    first, last = to_ms(stored[0]), to_ms(stored[1])
     ranges: list[tuple[int, int | None]] = []
     if start is not None and to_ms(start) < first:
         ranges.append((to_ms(start) - to_ms(start) % step, first - step))
