@@ -207,6 +207,79 @@ def validate(
 
 
 @app.command()
+def features(
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write the matrix to.")],
+    symbols: SymbolsOpt = None,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    start: Annotated[str | None, typer.Option("--start", help="First open time (UTC) to write.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last open time (UTC) to write.")] = None,
+    include_unlabeled: Annotated[
+        bool, typer.Option("--include-unlabeled", help="Keep the newest rows whose target is not known yet.")
+    ] = False,
+    horizon: Annotated[int, typer.Option("--horizon", min=1, help="Target horizon in bars.")] = 1,
+    sentiment: Annotated[
+        Path | None, typer.Option("--sentiment", help="CSV of timestamp,score[,symbol] (optional source).")
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the feature matrix used for training: symbol, open_time, features, target_*."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.candles import check_market, interval_ms
+        from core.timeutil import parse_utc
+        from tasks.features import FeatureSpec, feature_columns
+        from tasks.features.dataset import features_from_store
+        from tasks.store import CandleStore, write_parquet_atomic
+
+        ival = interval or settings.default_interval
+        interval_ms(ival)
+        check_market(market)
+        spec = FeatureSpec()
+        matrix = features_from_store(
+            CandleStore(settings.store_dir),
+            _symbols(symbols),
+            ival,
+            market,
+            spec,
+            horizon=horizon,
+            include_unlabeled=include_unlabeled,
+            start=parse_utc(start, "--start"),
+            end=parse_utc(end, "--end"),
+            sentiment_csv=sentiment or settings.sentiment_csv,
+        )
+        write_parquet_atomic(matrix, out)
+        iso = "%Y-%m-%dT%H:%M:%SZ"
+        per_symbol = matrix.groupby("symbol")["open_time"].agg(["size", "min", "max"])
+        by_symbol = {
+            str(s): {
+                "rows": int(r["size"]),
+                "first_open_time": r["min"].strftime(iso),
+                "last_open_time": r["max"].strftime(iso),
+            }
+            for s, r in per_symbol.iterrows()
+        }
+        columns = feature_columns(matrix)
+        document = {
+            "out": str(out),
+            "rows": len(matrix),
+            "symbols": by_symbol,
+            "feature_columns": columns,
+            "target_columns": [c for c in matrix.columns if c.startswith("target_")],
+            "min_history": spec.min_history,
+            "unlabeled_rows": int(matrix["target_log_return"].isna().sum()),
+        }
+        rows = [[s, d["rows"], d["first_open_time"], d["last_open_time"]] for s, d in by_symbol.items()]
+        stderr.print(f"{len(columns)} features, wrote {out}", highlight=False)
+        return document, table(
+            "Feature matrix", ["symbol", "rows", "first open_time", "last open_time"], rows
+        )
+
+    _run(home, as_json, command)
+
+
+@app.command()
 def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """The main job on the bundled sample: ingest (validated) and check the stored data.
 

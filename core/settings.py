@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     default_lookback_days: int = Field(default=365, ge=1, description="backfill when no --start")
     quote_asset: str = "USDT"
     min_quote_volume: float = Field(default=500_000.0, ge=0, description="universe filter, USDT")
+    sentiment_csv: Path | None = Field(default=None, description="optional sentiment source (CSV)")
 
     @property
     def store_dir(self) -> Path:

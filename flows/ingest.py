@@ -46,10 +46,26 @@ def plan_universe(settings: Settings, market: str, top: int, min_quote_volume: f
 
 @task(name="ingest-files", task_run_name="ingest-{symbol}-{interval}", **_task_options)
 def ingest_files_task(
-    symbol: str, interval: str, market: str, paths: list[Path], source: str, settings: Settings
+    symbol: str,
+    interval: str,
+    market: str,
+    paths: list[Path],
+    source: str,
+    settings: Settings,
+    start: str | None = None,
+    end: str | None = None,
 ) -> SymbolReport:
-    """Read → validate → store one dataset from files."""
-    return ingest_files(symbol, interval, market, paths, source, settings)
+    """Read → validate → store one dataset from files (candles within start/end)."""
+    return ingest_files(
+        symbol,
+        interval,
+        market,
+        paths,
+        source,
+        settings,
+        parse_utc(start, "--start"),
+        parse_utc(end, "--end"),
+    )
 
 
 @task(name="ingest-binance", task_run_name="ingest-{symbol}-{interval}", **_task_options)
@@ -104,7 +120,7 @@ def ingest_flow(
         wanted_interval = SAMPLE_INTERVAL if source == "sample" else interval
         for (symbol, dataset_interval), group in group_files(files, symbols, wanted_interval).items():
             futures[symbol] = ingest_files_task.submit(
-                symbol, dataset_interval, market, group, source, settings
+                symbol, dataset_interval, market, group, source, settings, start, end
             )
     return _gather(futures)
 

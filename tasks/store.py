@@ -168,14 +168,20 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
-    """Replace ``path`` with ``frame`` so that readers see the old or the new file only.
-
-    Called under the dataset lock, so temp files left by a crashed writer can be removed.
-    """
+    """Replace a dataset file; called under its lock, so a crashed writer's temp files can go."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
+    write_parquet_atomic(frame.reset_index(), path)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` (its columns, not its index) so readers see the old or the new file only.
+
+    Temp file in the same folder, fsync, rename over ``path``, fsync the folder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    table = pa.Table.from_pandas(frame.reset_index(), preserve_index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
     try:
         with open(tmp, "wb") as handle:
             pq.write_table(table, handle, compression="zstd", row_group_size=64_000)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core import progress
@@ -15,7 +16,7 @@ from core.candles import interval_ms, to_store_frame
 from core.errors import BadDataError
 from core.settings import Settings
 from core.timeutil import now_ms, to_ms
-from tasks.batch import CandleBatch
+from tasks.batch import CandleBatch, coerce_numeric
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import combine_files, read_candle_file
 from tasks.store import CandleStore, UpsertResult
@@ -81,12 +82,34 @@ def store_batch(batch: CandleBatch, settings: Settings) -> SymbolReport:
 
 
 def ingest_files(
-    symbol: str, interval: str, market: str, paths: list[Path], source: str, settings: Settings
+    symbol: str,
+    interval: str,
+    market: str,
+    paths: list[Path],
+    source: str,
+    settings: Settings,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
 ) -> SymbolReport:
-    """Read one dataset's files (any order, overlapping), validate and store them."""
-    raw = combine_files(read_candle_file(p) for p in paths)
+    """Read one dataset's files (any order, overlapping), validate and store them.
+
+    Only candles with ``start <= open_time <= end`` are taken; rows whose open time does
+    not parse are kept so validation names them.
+    """
+    raw = _in_range(combine_files(read_candle_file(p) for p in paths), start, end)
     names = ", ".join(str(p) for p in paths[:3]) + (f" (+{len(paths) - 3} files)" if len(paths) > 3 else "")
     return store_batch(CandleBatch(symbol, interval, market, f"{source}: {names}", raw), settings)
+
+
+def _in_range(raw: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
+    if (start is None and end is None) or "open_time" not in raw:
+        return raw
+    times = coerce_numeric(raw[["open_time"]])[0]["open_time"]
+    keep = times.isna()
+    keep |= times.between(
+        to_ms(start) if start is not None else -np.inf, to_ms(end) if end is not None else np.inf
+    )
+    return raw[keep].reset_index(drop=True)
 
 
 def fetch_ranges(

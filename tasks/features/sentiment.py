@@ -1,0 +1,61 @@
+"""Optional sentiment: a pluggable source of timestamped scores (e.g. exported from a feed).
+
+The CSV has ``timestamp`` (ISO or epoch ms, UTC) and ``score`` columns, and optionally
+``symbol`` (rows without one apply to every symbol). A candle sees the newest score
+stamped at or before its close, never a later one. No source → no sentiment columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.errors import BadDataError
+
+
+def load_sentiment(path: Path) -> pd.DataFrame:
+    """Read and check a sentiment CSV: columns ``timestamp``, ``score`` [, ``symbol``].
+
+    Raises:
+        BadDataError: missing columns, unparseable timestamps or scores (naming the rows).
+    """
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise BadDataError(f"{path}: cannot read sentiment CSV ({err})") from err
+    missing = {"timestamp", "score"} - set(frame.columns)
+    if missing:
+        raise BadDataError(f"{path}: sentiment CSV lacks column(s) {sorted(missing)}")
+    stamps = frame["timestamp"]
+    numeric = pd.to_numeric(stamps, errors="coerce")
+    parsed = (
+        pd.to_datetime(numeric, unit="ms", utc=True)
+        if numeric.notna().all()
+        else pd.to_datetime(stamps, utc=True, errors="coerce")
+    )
+    scores = pd.to_numeric(frame["score"], errors="coerce")
+    bad = parsed.isna() | scores.isna()
+    if bad.any():
+        rows = ", ".join(str(i + 2) for i in frame.index[bad][:5])
+        raise BadDataError(f"{path}: unparseable timestamp or score on line(s) {rows}")
+    out = pd.DataFrame({"timestamp": parsed.astype("datetime64[ms, UTC]"), "score": scores})
+    out["symbol"] = frame["symbol"].astype(str) if "symbol" in frame else None
+    return out.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def sentiment_for(scores: pd.DataFrame, symbol: str, open_time: pd.DatetimeIndex, step_ms: int) -> pd.Series:
+    """The newest score at or before each candle's close, for one symbol (NaN before any)."""
+    mine = scores[scores["symbol"].isna() | (scores["symbol"] == symbol)]
+    mine = mine.assign(timestamp=mine["timestamp"].astype("datetime64[ms, UTC]"))
+    close_time = pd.DataFrame(
+        {"close_time": (open_time + pd.Timedelta(milliseconds=step_ms - 1)).astype("datetime64[ms, UTC]")}
+    )
+    merged = pd.merge_asof(
+        close_time,
+        mine[["timestamp", "score"]],
+        left_on="close_time",
+        right_on="timestamp",
+        direction="backward",
+    )
+    return pd.Series(merged["score"].to_numpy(), index=open_time, name="sentiment_score")
