@@ -72,20 +72,25 @@ def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[d
         stdout.print(renderable)
 
 
+def _short_time(iso: str | None) -> str:
+    """``2024-03-15T00:00:00Z`` → ``2024-03-15 00:00`` (fits an 80-column table)."""
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
 def _ingest_table(report: dict[str, Any]) -> Any:
     rows = [
         [
             sym,
             r["rows_added"],
             r["rows_total"],
-            r["first_open_time"],
-            r["last_open_time"],
+            _short_time(r["first_open_time"]),
+            _short_time(r["last_open_time"]),
             r["gaps"],
             r["missing_candles"],
         ]
         for sym, r in report["symbols"].items()
     ]
-    columns = ["symbol", "rows added", "rows total", "first open_time", "last open_time", "gaps", "missing"]
+    columns = ["symbol", "added", "total", "first open", "last open", "gaps", "missing"]
     return table("Ingested candles", columns, rows)
 
 
@@ -281,18 +286,39 @@ def features(
 
 @app.command()
 def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """The main job on the bundled sample: ingest (validated) and check the stored data.
+    """The main job on the bundled sample: ingest (validated) → feature matrix.
 
     Training, promotion and the replayed live session join this command as they land.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from rich.console import Group
+
         from flows.ingest import ingest_flow
+        from tasks.features import FeatureSpec, feature_columns
+        from tasks.features.dataset import features_from_store
+        from tasks.store import CandleStore, write_parquet_atomic
 
         with progress_bars(enabled=not as_json and stderr.is_terminal):
             report = ingest_flow(source="sample", home=str(settings.home))
-        stderr.print(f"candles stored under {settings.store_dir}", highlight=False)
-        return {"ingest": report, "home": str(settings.home)}, _ingest_table(report)
+        matrix = features_from_store(CandleStore(settings.store_dir), None, "1h", spec=FeatureSpec())
+        out = settings.home / "features" / "sample-1h.parquet"
+        write_parquet_atomic(matrix, out)
+        up_rate = float(matrix["target_up"].mean())
+        summary = {
+            "out": str(out),
+            "rows": len(matrix),
+            "features": len(feature_columns(matrix)),
+            "target_up_rate": round(up_rate, 4),
+        }
+        stderr.print(
+            f"feature matrix: {len(matrix):,} rows × {summary['features']} features "
+            f"(share of up bars {up_rate:.1%}) → {out}",
+            highlight=False,
+        )
+        return {"ingest": report, "features": summary, "home": str(settings.home)}, Group(
+            _ingest_table(report)
+        )
 
     _run(home, as_json, command)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -26,15 +27,15 @@ def emit_json(document: dict[str, Any]) -> None:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    """A Rich table with right-aligned numbers."""
-    out = Table(title=title, title_justify="left")
-    numeric = [
-        all(isinstance(r[i], (int, float)) for r in rows) if rows else False for i in range(len(columns))
-    ]
-    for name, is_number in zip(columns, numeric, strict=True):
-        out.add_column(name, justify="right" if is_number else "left")
-    for row in rows:
-        out.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+    """A compact Rich table: numbers right-aligned with thousands separators, no wrapping."""
+    cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, name in enumerate(columns):
+        numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+        width = max([len(name)] + [len(c[i]) for c in cells])
+        out.add_column(name, justify="right" if numeric else "left", min_width=width, no_wrap=True)
+    for row in cells:
+        out.add_row(*row)
     return out
 
 

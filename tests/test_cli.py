@@ -96,3 +96,14 @@ def test_acceptance_shared_btc_file_36760_rows_5_gaps(tmp_path: Path) -> None:
     assert (report["rows_added"], report["rows_total"], report["gaps"]) == (36760, 36760, 5)
     again = qt("ingest", "--source", "files", "--path", str(path), "--json", home=tmp_path)
     assert json.loads(again.stdout)["symbols"]["BTCUSDT"]["rows_added"] == 0
+
+
+@pytest.mark.slow
+def test_demo_ingests_the_sample_and_writes_the_feature_matrix(tmp_path: Path) -> None:
+    result = qt("demo", "--json", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert sorted(doc["ingest"]["symbols"]) == ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    matrix = pd.read_parquet(doc["features"]["out"])
+    assert len(matrix) == doc["features"]["rows"] > 40_000
+    assert 0.45 < doc["features"]["target_up_rate"] < 0.55
