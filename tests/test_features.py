@@ -156,3 +156,29 @@ def test_sentiment_uses_only_scores_published_by_the_candle_close() -> None:
     )
     seen = sentiment_for(scores, "BTCUSDT", opens, HOUR)
     assert seen.tolist() == [0.1, 0.2, 0.2, 0.2]  # ETH's score is not BTC's; none from the future
+
+
+def test_fitted_statistics_come_from_the_training_window_only(candles: dict[str, pd.DataFrame]) -> None:
+    from tasks.features.scaling import Standardizer, split_learn_infer
+
+    matrix = feature_matrix({"BTCUSDT": candles["BTCUSDT"]}, HOUR, FeatureSpec(cross_asset_symbol=None))
+    until = matrix["open_time"].iloc[len(matrix) // 2]
+    learn, infer = split_learn_infer(matrix, until)
+    cols = ["rsi_14", "atr_pct", "log_ret_1"]
+    scaler = Standardizer.fit(learn, cols)
+    assert scaler.fitted_until == until and infer["open_time"].min() > until
+
+    shocked = infer.copy()
+    shocked[cols] *= 100.0  # whatever happens after `until` ...
+    again = Standardizer.fit(split_learn_infer(pd.concat([learn, shocked]), until)[0], cols)
+    pd.testing.assert_series_equal(again.mean, scaler.mean)  # ... cannot move what was learned
+    scaled = scaler.transform(learn)
+    np.testing.assert_allclose(scaled[cols].mean().to_numpy(), 0.0, atol=1e-9)
+    np.testing.assert_allclose(scaled[cols].std(ddof=0).to_numpy(), 1.0, rtol=1e-9)
+
+
+def test_nan_heavy_features_name_the_symbol_and_range(candles: dict[str, pd.DataFrame]) -> None:
+    dead = candles["ETHUSDT"].copy()
+    dead.iloc[2000:4000, dead.columns.get_loc("volume")] = 0.0  # a long stretch without trading
+    with pytest.raises(BadDataError, match=r"ETHUSDT 2024-04-19.*NaN-heavy features \(obv_flow_20 20%"):
+        feature_matrix({"ETHUSDT": dead}, HOUR, FeatureSpec(cross_asset_symbol=None))
