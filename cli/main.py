@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from rich.markup import escape
@@ -57,19 +57,37 @@ def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[d
     """Load settings, run a command, render its result, map errors to exit codes."""
     setup_console_logging()
     try:
-        settings = load_settings(home)
+        settings = _settings(home)
         configure_environment(settings)
         document, renderable = command(settings)
     except QTError as err:
         partial = err.report if isinstance(err, IngestError) else {}
-        if as_json:
-            emit_json({**partial, "error": str(err), "exit_code": err.exit_code})
-        stderr.print(f"[bold red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(err.exit_code) from None
+        _fail(as_json, str(err), err.exit_code, partial)
+    except Exception as err:  # a bug: still one JSON document, and the traceback on stderr
+        stderr.print_exception()
+        _fail(as_json, f"unexpected {type(err).__name__}: {err}", 1, {})
     if as_json:
         emit_json(document)
     elif renderable is not None:
         stdout.print(renderable)
+
+
+def _settings(home: Path | None) -> Settings:
+    from pydantic import ValidationError
+
+    from core.errors import BadConfigError
+
+    try:
+        return load_settings(home)
+    except ValidationError as err:
+        raise BadConfigError(f"invalid settings (QT_* environment or .env): {err}") from err
+
+
+def _fail(as_json: bool, message: str, exit_code: int, partial: dict[str, Any]) -> NoReturn:
+    if as_json:
+        emit_json({**partial, "error": message, "exit_code": exit_code})
+    stderr.print(f"[bold red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
 
 
 def _short_time(iso: str | None) -> str:
@@ -233,6 +251,7 @@ def features(
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from core.candles import check_market, interval_ms
+        from core.errors import BadConfigError
         from core.timeutil import parse_utc
         from tasks.features import FeatureSpec, feature_columns
         from tasks.features.dataset import features_from_store
@@ -241,6 +260,8 @@ def features(
         ival = interval or settings.default_interval
         interval_ms(ival)
         check_market(market)
+        if out.is_dir():
+            raise BadConfigError(f"--out {out}: is a folder; give a file name like features.parquet")
         spec = FeatureSpec()
         matrix = features_from_store(
             CandleStore(settings.store_dir),

@@ -48,12 +48,15 @@ _UNIT_MS: Final = {
     "h": 3_600_000,
     "d": 86_400_000,
     "w": 604_800_000,
-    "M": 2_592_000_000,  # 30 days; Binance's 1M candles are calendar months (not aligned)
+    "M": 2_592_000_000,  # nominal 30 days; calendar intervals are rejected below
 }
 #: Binance's kline intervals.
 BINANCE_INTERVALS: Final = (
     "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
 )  # fmt: skip
+#: Binance intervals whose candles do not sit on multiples of a fixed length since the epoch.
+CALENDAR_INTERVALS: Final = ("3d", "1w", "1M")
+SUPPORTED_INTERVALS: Final = tuple(i for i in BINANCE_INTERVALS if i not in CALENDAR_INTERVALS)
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}$")
 
 
@@ -66,6 +69,11 @@ def interval_ms(interval: str) -> int:
     match = _INTERVAL_RE.match(interval)
     if match is None or interval not in BINANCE_INTERVALS:
         raise BadConfigError(f"unknown interval {interval!r}; known: {', '.join(BINANCE_INTERVALS)}")
+    if interval in CALENDAR_INTERVALS:
+        raise BadConfigError(
+            f"interval {interval!r} is calendar-aligned (weeks start on Monday, months vary in "
+            f"length) and not supported; use one of {', '.join(SUPPORTED_INTERVALS)}"
+        )
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 

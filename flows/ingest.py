@@ -7,6 +7,7 @@ stored; the flow then fails naming every failure. Only retryable errors are retr
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +25,12 @@ from tasks.ingest.files import expand_paths, group_files
 from tasks.ingest.sample import SAMPLE_INTERVAL, sample_paths
 
 Source = Literal["sample", "files", "binance"]
+log = logging.getLogger(__name__)
 
 
 def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    return isinstance(state.data, RetryableError)
+    """Retry transient failures, but not when the exchange told us how long to back off."""
+    return isinstance(state.data, RetryableError) and state.data.retry_after is None
 
 
 _task_options: dict[str, Any] = {
@@ -134,6 +137,9 @@ def _gather(futures: dict[str, PrefectFuture[SymbolReport]]) -> dict[str, Any]:
             report["symbols"][symbol] = future.result().to_json()
         except QTError as err:
             failures[symbol] = err
+        except Exception as err:  # a bug must not lose the other symbols' reports
+            log.exception("%s: unexpected failure", symbol)
+            failures[symbol] = QTError(f"unexpected {type(err).__name__}: {err}")
     if failures:
         error = IngestError(failures)
         error.report = report

@@ -44,8 +44,9 @@ def coerce_numeric(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
 
     Returns:
         ``(frame, unparseable)``: the numeric frame (same index, origin columns kept) and,
-        per row, the comma-separated names of fields that held a value that is not a
-        number (empty string when none) — so nothing is silently turned into a null.
+        per row, the comma-separated names of fields whose value is not a finite number
+        (text, ``inf``) or, for ``trades``, not a whole number (empty string when none) —
+        so nothing is silently turned into a null.
     """
     frame = raw.copy()
     bad_fields = pd.Series("", index=raw.index, dtype=object)
@@ -53,13 +54,18 @@ def coerce_numeric(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         if col not in raw:
             continue
         values = raw[col]
-        if pd.api.types.is_numeric_dtype(values):  # parsed as numbers already: nothing to lose
-            numeric = values
+        if pd.api.types.is_numeric_dtype(values):  # parsed as numbers already: no text lost
+            numeric = values.astype(np.float64)
+            bad = numeric.isin([np.inf, -np.inf])
         else:
-            numeric = pd.to_numeric(values, errors="coerce")
-            lost = values.notna() & numeric.isna() & (values.astype(str).str.strip() != "")
-            if lost.any():
-                bad_fields[lost] = bad_fields[lost] + np.where(bad_fields[lost] == "", "", ",") + col
+            numeric = pd.to_numeric(values, errors="coerce").astype(np.float64)
+            text = values.notna() & numeric.isna() & (values.astype(str).str.strip() != "")
+            bad = text | numeric.isin([np.inf, -np.inf])
+        if col == "trades":
+            bad |= numeric.notna() & (numeric != np.floor(numeric))
+        if bad.any():
+            bad_fields[bad] = bad_fields[bad] + np.where(bad_fields[bad] == "", "", ",") + col
+        numeric = numeric.where(~bad)
         if col in ("open_time", "close_time"):
             numeric = numeric.where(numeric < _MICROSECONDS_FROM, numeric // 1000)
         frame[col] = numeric

@@ -108,6 +108,10 @@ class CandleStore:
             incoming = candles[_VALUE_COLUMNS]
             is_new = ~incoming.index.isin(stored.index)
             overlap = incoming.index[~is_new]
+            # a source without the optional columns (public files) must not erase stored ones
+            incoming = pd.concat(
+                [incoming[is_new], incoming.loc[overlap].fillna(stored.loc[overlap])]
+            ).sort_index()
             changed = _changed_rows(stored.loc[overlap], incoming.loc[overlap])
             rows_added, rows_updated = int(is_new.sum()), int(changed)
             if rows_added or rows_updated:
@@ -151,7 +155,7 @@ def _changed_rows(old: pd.DataFrame, new: pd.DataFrame) -> int:
     """How many aligned rows differ in any value (null equals null)."""
     if old.empty:
         return 0
-    same = (old == new) | (old.isna() & new.isna())
+    same = old.eq(new).fillna(False).astype(bool) | (old.isna() & new.isna())
     return int((~same.all(axis=1)).sum())
 
 

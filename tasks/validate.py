@@ -86,13 +86,13 @@ def _context() -> Any:
 
 
 @lru_cache(maxsize=16)
-def _suites(step_ms: int, check_alignment: bool) -> tuple[Any, Any, Any]:
+def _suites(step_ms: int) -> tuple[Any, Any, Any]:
     """Batch definition plus the schema and value suites for one interval length."""
     import great_expectations as gx
     from great_expectations import expectations as gxe
 
     ctx = _context()
-    name = f"candles_{step_ms}_{int(check_alignment)}"
+    name = f"candles_{step_ms}"
     batch_def = (
         ctx.data_sources.add_pandas(name)
         .add_dataframe_asset("candles")
@@ -112,16 +112,17 @@ def _suites(step_ms: int, check_alignment: bool) -> tuple[Any, Any, Any]:
         values.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=["float64"]))
     for col in PRICE_COLUMNS:
         values.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, strict_min=True))
-    values.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0))
+    for col in ("volume", *OPTIONAL_COLUMNS):  # nulls allowed in the optional ones, negatives never
+        values.add_expectation(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0))
     for upper, lower in (("open", "low"), ("close", "low"), ("high", "open"), ("high", "close")):
         values.add_expectation(
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A=upper, column_B=lower, or_equal=True)
         )
     values.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="open_time"))
     values.add_expectation(gxe.ExpectColumnValuesToBeIncreasing(column="open_time", strictly=True))
-    if check_alignment:
-        values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="open_time_offset_ms", value_set=[0]))
+    values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="open_time_offset_ms", value_set=[0]))
     values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="close_time_error_ms", value_set=[0]))
+    values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="closed", value_set=[True]))
     return batch_def, schema, values
 
 
@@ -142,6 +143,7 @@ def prepare(batch: CandleBatch) -> pd.DataFrame:
                 frame[col] = frame[col].astype("int64")
         frame["open_time_offset_ms"] = frame["open_time"] % step
         frame["close_time_error_ms"] = frame["close_time"] - frame["open_time"] - (step - 1)
+        frame["closed"] = frame["close_time"] < now_ms()  # a candle still forming is not data yet
     return frame
 
 
@@ -154,7 +156,7 @@ def validate_batch(batch: CandleBatch) -> tuple[pd.DataFrame, ValidationReport]:
     frame = prepare(batch)
     step = interval_ms(batch.interval)
     with _gx_lock:
-        batch_def, schema, values = _suites(step, check_alignment=not batch.interval.endswith("M"))
+        batch_def, schema, values = _suites(step)
         failures = _run(batch_def, schema, frame)
         if not failures:
             failures = _run(batch_def, values, frame)

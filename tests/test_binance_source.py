@@ -184,3 +184,24 @@ def test_an_earlier_start_backfills_before_the_oldest_stored_candle(
     report = ingest_binance("BTCUSDT", "1h", "spot", at(2800), None, settings, source(settings, exchange))
     assert (report.rows_added, report.rows_total) == (100, 200)
     assert [int(p["endTime"]) for p in kline_requests(exchange)] == [int(btc_raw["open_time"].iloc[2899])]
+
+
+def test_backfill_respects_end(settings: Settings, exchange: FakeExchange, btc_raw: pd.DataFrame) -> None:
+    def at(i: int) -> pd.Timestamp:
+        return pd.Timestamp(int(btc_raw["open_time"].iloc[i]), unit="ms", tz="UTC")
+
+    ingest_binance("BTCUSDT", "1h", "spot", at(2900), None, settings, source(settings, exchange))
+    report = ingest_binance("BTCUSDT", "1h", "spot", at(2700), at(2749), settings, source(settings, exchange))
+    assert (report.rows_added, report.rows_total) == (50, 150)
+
+
+def test_a_wait_longer_than_allowed_stops_instead_of_retrying_early(
+    settings: Settings, exchange: FakeExchange
+) -> None:
+    settings.http_max_wait_s = 5
+    exchange.inject(Fault("418", retry_after=600))
+    sleeps = Sleeps()
+    with pytest.raises(RetryableError, match="asks us to wait 600s") as caught:
+        source(settings, exchange, sleeps=sleeps).klines("BTCUSDT", "1h", hours_ago(exchange, 5))
+    assert caught.value.retry_after == 600 and sleeps == []
+    assert len(kline_requests(exchange)) == 1  # no second request during the ban

@@ -11,6 +11,8 @@ def test_interval_lengths() -> None:
     assert interval_ms("5m") == 300_000
     with pytest.raises(BadConfigError, match="unknown interval '7h'"):
         interval_ms("7h")
+    with pytest.raises(BadConfigError, match="'1w' is calendar-aligned"):
+        interval_ms("1w")
 
 
 def test_gaps_count_events_and_missing_candles() -> None:

@@ -107,3 +107,17 @@ def test_demo_ingests_the_sample_and_writes_the_feature_matrix(tmp_path: Path) -
     matrix = pd.read_parquet(doc["features"]["out"])
     assert len(matrix) == doc["features"]["rows"] > 40_000
     assert 0.45 < doc["features"]["target_up_rate"] < 0.55
+
+
+def test_invalid_settings_and_paths_are_bad_input_with_one_json_document(tmp_path: Path) -> None:
+    env_bad = subprocess.run(
+        [*QT, "validate", "--json"],
+        cwd=ROOT,
+        env={**os.environ, "QT_HOME": str(tmp_path), "QT_HTTP_MAX_RETRIES": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert env_bad.returncode == 2 and "http_max_retries" in json.loads(env_bad.stdout)["error"]
+    folder = qt("features", "--out", str(tmp_path), "--json", home=tmp_path)
+    assert folder.returncode == 2 and "is a folder" in json.loads(folder.stdout)["error"]

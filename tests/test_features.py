@@ -182,3 +182,14 @@ def test_nan_heavy_features_name_the_symbol_and_range(candles: dict[str, pd.Data
     dead.iloc[2000:4000, dead.columns.get_loc("volume")] = 0.0  # a long stretch without trading
     with pytest.raises(BadDataError, match=r"ETHUSDT 2024-04-19.*NaN-heavy features \(obv_flow_20 20%"):
         feature_matrix({"ETHUSDT": dead}, HOUR, FeatureSpec(cross_asset_symbol=None))
+
+
+def test_sentiment_in_epoch_seconds_is_rejected_not_misread(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tasks.features.sentiment import load_sentiment
+
+    path = tmp_path / "scores.csv"
+    path.write_text("timestamp,score\n1704067200,0.1\n1704070800,0.9\n")  # seconds, not ms
+    with pytest.raises(BadDataError, match=r"implausible timestamp .* line\(s\) 2, 3"):
+        load_sentiment(path)
+    path.write_text("timestamp,score\n1704067200000,0.1\n2024-01-01T01:00:00Z,0.9\n")
+    assert load_sentiment(path)["score"].tolist() == [0.1, 0.9]

@@ -46,6 +46,15 @@ def _corrupt(frame: pd.DataFrame, row: int, column: str, value: object) -> pd.Da
     return bad
 
 
+def _forming_last_row(frame: pd.DataFrame) -> pd.DataFrame:
+    """Append the candle of the current hour: it has not closed yet."""
+    hour = 3_600_000
+    now = pd.Timestamp.now(tz="UTC").value // 1_000_000
+    row = frame.iloc[[-1]].copy()
+    row["open_time"], row["close_time"] = now - now % hour, now - now % hour + hour - 1
+    return pd.concat([frame, row], ignore_index=True)
+
+
 CASES = {
     "high below low": (lambda f: _corrupt(f, 3, "high", 1.0), r"\[high, open\].*row 5 \(high=1.0"),
     "duplicated open_time": (
@@ -68,6 +77,17 @@ CASES = {
     ),
     "missing column": (lambda f: f.drop(columns=["close"]), r"expect_column_to_exist \[close\]"),
     "null low": (lambda f: _corrupt(f, 4, "low", None), r"not_be_null \[low\] 1 row: .*row 6"),
+    "infinite price": (lambda f: _corrupt(f, 2, "high", "inf"), r"row 4 \(unparseable_fields=high"),
+    "infinite volume": (
+        lambda f: _corrupt(f, 2, "volume", float("inf")),
+        r"row 4 \(unparseable_fields=volume",
+    ),
+    "fractional trades": (lambda f: _corrupt(f, 3, "trades", 1.5), r"row 5 \(unparseable_fields=trades"),
+    "negative quote volume": (
+        lambda f: _corrupt(f, 1, "quote_volume", -50.0),
+        r"be_between \[quote_volume\] 1 row",
+    ),
+    "candle still forming": (_forming_last_row, r"in_set \[closed\] 1 row: .*row 22"),
 }
 
 

@@ -99,3 +99,16 @@ def test_a_writer_killed_midway_leaves_the_previous_data_intact(
     result = store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw))
     assert (result.rows_added, result.rows_total) == (len(btc_raw) - 5000, len(btc_raw))
     assert not list(store.path("BTCUSDT", "1h").parent.glob("*.tmp"))  # the next writer cleans up
+
+
+def test_optional_values_are_neither_missed_nor_erased(tmp_path: Path, btc_raw: pd.DataFrame) -> None:
+    store = CandleStore(tmp_path)
+    bare = to_store_frame(btc_raw.iloc[:3])  # public files: no trades, no quote volume
+    store.upsert("BTCUSDT", "1h", "spot", bare)
+    rich = bare.copy()
+    rich["trades"] = pd.array([10, 20, 30], dtype="Int64")
+    rich["quote_volume"] = [1.0, 2.0, 3.0]
+    assert store.upsert("BTCUSDT", "1h", "spot", rich).rows_updated == 3  # NA → value is a change
+    again = store.upsert("BTCUSDT", "1h", "spot", bare)  # re-importing the bare file ...
+    assert again.rows_updated == 0
+    assert store.read("BTCUSDT", "1h")["trades"].tolist() == [10, 20, 30]  # ... keeps them

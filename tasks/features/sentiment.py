@@ -13,6 +13,8 @@ import pandas as pd
 
 from core.errors import BadDataError
 
+_EARLIEST = pd.Timestamp("2009-01-03", tz="UTC")  # the first bitcoin block
+
 
 def load_sentiment(path: Path) -> pd.DataFrame:
     """Read and check a sentiment CSV: columns ``timestamp``, ``score`` [, ``symbol``].
@@ -29,16 +31,22 @@ def load_sentiment(path: Path) -> pd.DataFrame:
         raise BadDataError(f"{path}: sentiment CSV lacks column(s) {sorted(missing)}")
     stamps = frame["timestamp"]
     numeric = pd.to_numeric(stamps, errors="coerce")
-    parsed = (
-        pd.to_datetime(numeric, unit="ms", utc=True)
-        if numeric.notna().all()
-        else pd.to_datetime(stamps, utc=True, errors="coerce")
+    from_ms = pd.to_datetime(numeric, unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    text = stamps.where(numeric.isna()).astype(object)
+    from_text = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601").astype(
+        "datetime64[ms, UTC]"
     )
+    parsed = from_ms.fillna(from_text)
     scores = pd.to_numeric(frame["score"], errors="coerce")
-    bad = parsed.isna() | scores.isna()
+    # epoch seconds or YYYYMMDD read as ms land in 1970 and would leak later scores backwards
+    plausible = parsed.between(_EARLIEST, pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1))
+    bad = parsed.isna() | scores.isna() | ~plausible
     if bad.any():
         rows = ", ".join(str(i + 2) for i in frame.index[bad][:5])
-        raise BadDataError(f"{path}: unparseable timestamp or score on line(s) {rows}")
+        raise BadDataError(
+            f"{path}: unparseable or implausible timestamp (expect UTC ISO or epoch ms after "
+            f"{_EARLIEST.date()}) or score on line(s) {rows}"
+        )
     out = pd.DataFrame({"timestamp": parsed.astype("datetime64[ms, UTC]"), "score": scores})
     out["symbol"] = frame["symbol"].astype(str) if "symbol" in frame else None
     return out.sort_values("timestamp", kind="stable").reset_index(drop=True)

@@ -136,7 +136,9 @@ def fetch_ranges(
     first, last = to_ms(stored[0]), to_ms(stored[1])
     ranges: list[tuple[int, int | None]] = []
     if start is not None and to_ms(start) < first:
-        ranges.append((to_ms(start) - to_ms(start) % step, first - step))
+        before_first = first - step if end_ms is None else min(first - step, end_ms)
+        if to_ms(start) <= before_first:
+            ranges.append((to_ms(start) - to_ms(start) % step, before_first))
     if end_ms is None or end_ms > last:
         ranges.append((last + step, end_ms))
     return ranges

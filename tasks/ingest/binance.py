@@ -164,13 +164,21 @@ class BinanceKlineSource:
                 result = fn()
             except Exception as err:  # classified below; anything unknown is re-raised
                 transient = _classify(err, what)
+                asked = transient.retry_after
+                if asked is not None and asked > self.settings.http_max_wait_s:
+                    # retrying before the exchange's wait is over only lengthens a ban
+                    raise RetryableError(
+                        f"{what}: the exchange asks us to wait {asked:.0f}s, longer than "
+                        f"QT_HTTP_MAX_WAIT_S={self.settings.http_max_wait_s:.0f}s; try again later",
+                        asked,
+                    ) from err
                 if attempt >= self.settings.http_max_retries:
                     raise RetryableError(
                         f"{what}: gave up after {attempt + 1} tries: {transient}",
                         transient.retry_after,
                     ) from err
-                wait = transient.retry_after or self.settings.http_backoff_s * 2**attempt
-                wait = min(wait, self.settings.http_max_wait_s)
+                backoff = min(self.settings.http_backoff_s * 2**attempt, self.settings.http_max_wait_s)
+                wait = asked if asked is not None else backoff
                 log.warning("%s: %s; retrying in %.1fs (try %d)", what, transient, wait, attempt + 2)
                 self.sleep(wait)
                 attempt += 1
