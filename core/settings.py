@@ -62,11 +62,6 @@ class Settings(BaseSettings):
         """``PREFECT_HOME`` (Prefect's SQLite DB for ephemeral mode)."""
         return self.home / "prefect"
 
-    @property
-    def logs_dir(self) -> Path:
-        """Log files."""
-        return self.home / "logs"
-
 
 def load_settings(home: Path | None = None) -> Settings:
     """Read settings from the environment, with ``home`` (``--home``) taking precedence."""

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -92,11 +91,6 @@ class FakeExchange:
         times = raw["open_time"].to_numpy(dtype=np.int64)
         with self._lock:
             self._series[(market, symbol, interval)] = _Series(times, rows)
-
-    def add_csv(self, path: Path, market: str = "spot") -> None:
-        """Serve a file in the ``shared/data/binance`` layout (``SYMBOL-INTERVAL.csv``)."""
-        symbol, interval = path.stem.split("-")[:2]
-        self.add_candles(symbol, interval, pd.read_csv(path), market)
 
     def clock(self) -> int:
         """The exchange's current time in ms."""

@@ -130,11 +130,7 @@ def feature_columns(matrix: pd.DataFrame) -> list[str]:
 
 def scale_free_columns(matrix: pd.DataFrame) -> list[str]:
     """Feature columns that do not depend on a symbol's price or volume scale."""
-    return [c for c in feature_columns(matrix) if c not in RAW_LEVEL_COLUMNS and c not in _raw_cross()]
-
-
-def _raw_cross() -> set[str]:
-    return {f"btc_{c}" for c in RAW_LEVEL_COLUMNS}
+    return [c for c in feature_columns(matrix) if c not in RAW_LEVEL_COLUMNS]
 
 
 def _cross_asset(candles: Mapping[str, pd.DataFrame], spec: FeatureSpec) -> pd.DataFrame | None:
