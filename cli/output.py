@@ -29,7 +29,7 @@ def emit_json(document: dict[str, Any]) -> None:
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     """A compact Rich table: numbers right-aligned with thousands separators, no wrapping."""
     cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
-    out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for i, name in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
         width = max([len(name)] + [len(c[i]) for c in cells])
