@@ -43,6 +43,8 @@ SymbolsOpt = Annotated[
 ]
 IntervalOpt = Annotated[str | None, typer.Option("--interval", help="Candle interval, e.g. 1h or 5m.")]
 MarketOpt = Annotated[str, typer.Option("--market", help="spot or futures (USD-M).")]
+StartOpt = Annotated[str | None, typer.Option("--start", help="First open time (UTC), e.g. 2024-01-01.")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="Last open time (UTC), inclusive.")]
 
 
 def _symbols(value: str | None) -> list[str] | None:
@@ -118,10 +120,8 @@ def ingest(
     symbols: SymbolsOpt = None,
     interval: IntervalOpt = None,
     market: MarketOpt = "spot",
-    start: Annotated[
-        str | None, typer.Option("--start", help="First open time (UTC), e.g. 2024-01-01.")
-    ] = None,
-    end: Annotated[str | None, typer.Option("--end", help="Last open time (UTC), inclusive.")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     path: Annotated[
         list[str] | None,
         typer.Option("--path", help="File, folder or quoted glob; repeatable (files source)."),
@@ -235,8 +235,8 @@ def features(
     symbols: SymbolsOpt = None,
     interval: IntervalOpt = None,
     market: MarketOpt = "spot",
-    start: Annotated[str | None, typer.Option("--start", help="First open time (UTC) to write.")] = None,
-    end: Annotated[str | None, typer.Option("--end", help="Last open time (UTC) to write.")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     include_unlabeled: Annotated[
         bool, typer.Option("--include-unlabeled", help="Keep the newest rows whose target is not known yet.")
     ] = False,
@@ -252,7 +252,7 @@ def features(
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from core.candles import check_market, interval_ms
         from core.errors import BadConfigError
-        from core.timeutil import parse_utc
+        from core.timeutil import parse_utc, to_iso
         from tasks.features import FeatureSpec, feature_columns
         from tasks.features.dataset import features_from_store
         from tasks.store import CandleStore, write_parquet_atomic
@@ -276,13 +276,12 @@ def features(
             sentiment_csv=sentiment or settings.sentiment_csv,
         )
         write_parquet_atomic(matrix, out)
-        iso = "%Y-%m-%dT%H:%M:%SZ"
         per_symbol = matrix.groupby("symbol")["open_time"].agg(["size", "min", "max"])
         by_symbol = {
             str(s): {
                 "rows": int(r["size"]),
-                "first_open_time": r["min"].strftime(iso),
-                "last_open_time": r["max"].strftime(iso),
+                "first_open_time": to_iso(r["min"]),
+                "last_open_time": to_iso(r["max"]),
             }
             for s, r in per_symbol.iterrows()
         }
@@ -313,8 +312,6 @@ def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
-        from rich.console import Group
-
         from flows.ingest import ingest_flow
         from tasks.features import FeatureSpec, feature_columns
         from tasks.features.dataset import features_from_store
@@ -337,9 +334,7 @@ def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
             f"(share of up bars {up_rate:.1%}) → {out}",
             highlight=False,
         )
-        return {"ingest": report, "features": summary, "home": str(settings.home)}, Group(
-            _ingest_table(report)
-        )
+        return {"ingest": report, "features": summary, "home": str(settings.home)}, _ingest_table(report)
 
     _run(home, as_json, command)
 

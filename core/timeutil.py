@@ -31,11 +31,14 @@ def to_ms(stamp: pd.Timestamp) -> int:
     return int(stamp.value // 1_000_000)
 
 
+def to_iso(stamp: pd.Timestamp | None) -> str | None:
+    """ISO-8601 UTC string (``2024-01-01T00:00:00Z``) of a timestamp; None stays None."""
+    return None if stamp is None else pd.Timestamp(stamp).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def ms_to_iso(ms: int | None) -> str | None:
-    """ISO-8601 UTC string (``2024-01-01T00:00:00Z``) of epoch milliseconds."""
-    if ms is None:
-        return None
-    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    """:func:`to_iso` of epoch milliseconds."""
+    return None if ms is None else to_iso(pd.Timestamp(ms, unit="ms", tz="UTC"))
 
 
 def now_ms() -> int:

@@ -9,7 +9,7 @@ time: the BTC candle that closes at the same moment), optional sentiment, and ta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -79,6 +79,7 @@ def feature_matrix(
     start: pd.Timestamp | None = None,
     end: pd.Timestamp | None = None,
     sentiment: pd.DataFrame | None = None,
+    symbols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The training matrix: ``symbol``, ``open_time``, features and ``target_*`` columns.
 
@@ -93,16 +94,26 @@ def feature_matrix(
         start: first open time to return (history before it still feeds the features).
         end: last open time to return.
         sentiment: scores from :func:`tasks.features.sentiment.load_sentiment`, if any.
+        symbols: which symbols to return (default: all of ``candles``); the others only
+            feed cross-asset columns.
 
     Raises:
         BadDataError: a symbol has too little history or NaN-heavy features (naming it).
     """
     spec = spec or FeatureSpec()
-    cross = _cross_asset(candles, spec)
+    wanted = list(symbols) if symbols is not None else list(candles)
+    ref = spec.cross_asset_symbol
+    if ref is not None and ref not in candles:
+        raise BadDataError(f"cross-asset features need {ref} candles: ingest {ref} or turn them off")
+    needed = dict.fromkeys([*wanted, ref] if ref else wanted)  # each symbol computed once
+    computed = {s: _warm_features(s, candles[s], spec) for s in needed}
+    cross = None
+    if ref is not None:
+        prefix = ref.removesuffix("USDT").lower()
+        cross = computed[ref][list(CROSS_ASSET_COLUMNS)].add_prefix(f"{prefix}_")
     frames = []
-    for symbol, history in candles.items():
-        _check_history(symbol, history, spec)
-        feats = symbol_features(history, spec).iloc[spec.min_history - 1 :]
+    for symbol in wanted:
+        feats, history = computed[symbol], candles[symbol]
         if cross is not None:
             feats = feats.join(cross, how="left")
         if sentiment is not None:
@@ -133,16 +144,10 @@ def scale_free_columns(matrix: pd.DataFrame) -> list[str]:
     return [c for c in feature_columns(matrix) if c not in RAW_LEVEL_COLUMNS]
 
 
-def _cross_asset(candles: Mapping[str, pd.DataFrame], spec: FeatureSpec) -> pd.DataFrame | None:
-    ref = spec.cross_asset_symbol
-    if ref is None:
-        return None
-    if ref not in candles:
-        raise BadDataError(f"cross-asset features need {ref} candles: ingest {ref} or turn them off")
-    _check_history(ref, candles[ref], spec)
-    feats = symbol_features(candles[ref], spec).iloc[spec.min_history - 1 :]
-    prefix = ref.removesuffix("USDT").lower()
-    return feats[list(CROSS_ASSET_COLUMNS)].add_prefix(f"{prefix}_")
+def _warm_features(symbol: str, history: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """A symbol's features without the warm-up rows (checked to have enough history)."""
+    _check_history(symbol, history, spec)
+    return symbol_features(history, spec).iloc[spec.min_history - 1 :]
 
 
 def _check_history(symbol: str, history: pd.DataFrame, spec: FeatureSpec) -> None:

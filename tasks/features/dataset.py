@@ -45,7 +45,7 @@ def features_from_store(
         raise BadConfigError(f"no stored {interval} {market} candles for {missing}; stored: {stored}")
     needed = chosen + [s for s in [spec.cross_asset_symbol] if s and s not in chosen and s in stored]
     candles = {s: store.read(s, interval, market) for s in needed}
-    matrix = feature_matrix(
+    return feature_matrix(
         candles,
         interval_ms(interval),
         spec,
@@ -54,5 +54,5 @@ def features_from_store(
         start=start,
         end=end,
         sentiment=load_sentiment(sentiment_csv) if sentiment_csv else None,
+        symbols=chosen,
     )
-    return matrix[matrix["symbol"].isin(chosen)].reset_index(drop=True)

@@ -15,7 +15,7 @@ from core import progress
 from core.candles import interval_ms, to_store_frame
 from core.errors import BadDataError
 from core.settings import Settings
-from core.timeutil import now_ms, to_ms
+from core.timeutil import now_ms, to_iso, to_ms
 from tasks.batch import CandleBatch, coerce_numeric
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import combine_files, read_candle_file
@@ -41,7 +41,6 @@ class SymbolReport:
     @classmethod
     def from_upsert(cls, batch: CandleBatch, result: UpsertResult) -> SymbolReport:
         """Build the report of a batch from what the store did with it."""
-        iso = "%Y-%m-%dT%H:%M:%SZ"
         return cls(
             symbol=batch.symbol,
             interval=batch.interval,
@@ -49,8 +48,8 @@ class SymbolReport:
             rows_added=result.rows_added,
             rows_updated=result.rows_updated,
             rows_total=result.rows_total,
-            first_open_time=result.first_open_time.strftime(iso) if result.first_open_time else None,
-            last_open_time=result.last_open_time.strftime(iso) if result.last_open_time else None,
+            first_open_time=to_iso(result.first_open_time),
+            last_open_time=to_iso(result.last_open_time),
             gaps=result.gaps,
             missing_candles=result.missing_candles,
         )
