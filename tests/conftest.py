@@ -75,3 +75,18 @@ def copy_sample(dest: Path, symbols: list[str]) -> list[Path]:
     """Copy bundled sample zips into ``dest``; returns the copies."""
     dest.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy(SAMPLE_DIR / f"{s}-1h.zip", dest)) for s in symbols]
+
+
+@pytest.fixture(scope="session")
+def sample_matrix(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """The feature matrix of the whole bundled sample (5 pairs, 1h), built once per session."""
+    from core.settings import load_settings
+    from tasks.features.dataset import features_from_store
+    from tasks.ingest import ingest_files
+    from tasks.ingest.sample import sample_paths
+    from tasks.store import CandleStore
+
+    settings = load_settings(tmp_path_factory.mktemp("sample-home"))
+    for path in sample_paths(None, "1h"):
+        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
+    return features_from_store(CandleStore(settings.store_dir), None, "1h")

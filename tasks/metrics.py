@@ -1,0 +1,51 @@
+"""Classification metrics of P(up), each beside climatology (the training window's base rate)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.models.base import binary_log_loss, clip_proba
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (NaN when only one class is present)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean squared error of the probabilities."""
+    return float(np.mean((clip_proba(p) - np.asarray(y, dtype=np.float64)) ** 2))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins."""
+    q = clip_proba(p)
+    y = np.asarray(y, dtype=np.float64)
+    which = np.minimum((q * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        sel = which == b
+        total += sel.mean() * abs(q[sel].mean() - y[sel].mean())
+    return float(total)
+
+
+def classification(y: np.ndarray, p: np.ndarray, base_rate: float | np.ndarray) -> dict[str, float]:
+    """AUC, log loss, Brier, accuracy and ECE of ``p``, with climatology's log loss and Brier.
+
+    ``base_rate`` is the training window's share of up bars (one number, or one per row
+    when rows come from folds with different training windows).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    clim = np.broadcast_to(np.asarray(base_rate, dtype=np.float64), y.shape)
+    return {
+        "auc": auc(y, p),
+        "log_loss": binary_log_loss(y, np.asarray(p)),
+        "log_loss_climatology": binary_log_loss(y, clim),
+        "brier": brier(y, p),
+        "brier_climatology": brier(y, clim),
+        "accuracy": float(np.mean((np.asarray(p) > 0.5) == (y > 0.5))),
+        "ece": ece(y, p),
+    }

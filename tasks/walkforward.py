@@ -1,0 +1,235 @@
+"""Purged, embargoed walk-forward: out-of-fold P(up) of every base model and the stacker.
+
+Each fold cuts time into ``[train] purge [valid] purge+embargo [test]``: the training
+rows' labels end before the validation window begins (purge = the label horizon), and
+the validation rows' labels end ``embargo`` bars before the test window begins. Models
+are fitted (and tuned) on train/valid only, then predict the test window. Every base
+model predicts the same test rows, so their out-of-fold (OOF) predictions line up.
+
+The stacker is itself walked forward over the OOF table: for test fold k it learns from
+the OOF predictions of folds before k only, so its figures are out of sample too. The
+deployable stacker is then fitted on every fold's OOF predictions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from core import progress
+from core.errors import BadConfigError, BadDataError
+from tasks import metrics
+from tasks.models import ModelConfig, get_model
+from tasks.models.base import TARGET
+from tasks.models.stacker import PREFIX, StackerModel
+
+ONE_HOUR = pd.Timedelta(hours=1)
+OOF_KEYS = ["symbol", "open_time", "fold", "target_up", "target_log_return", "climatology"]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One walk-forward fold; every window is half-open ``[start, end)`` in open time."""
+
+    number: int
+    train_start: pd.Timestamp | None
+    train_end: pd.Timestamp
+    valid_start: pd.Timestamp
+    valid_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+    def describe(self) -> dict[str, str | None]:
+        """ISO strings of the window edges (JSON-friendly)."""
+        return {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class WalkForward:
+    """Purged, embargoed walk-forward splits over ``[test_start, test_end)``.
+
+    Attributes:
+        test_start: first open time of the first test window.
+        test_end: end (exclusive) of the last test window.
+        folds: number of equal test windows.
+        step: the candle interval.
+        valid_bars: length of each validation window (inside the training period).
+        horizon: the label horizon in bars (the purge).
+        embargo: extra bars left out between validation and test.
+        window: ``expanding`` (train from the first row) or ``rolling``.
+        train_bars: training window length for ``rolling``.
+    """
+
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+    folds: int = 4
+    step: pd.Timedelta = ONE_HOUR
+    valid_bars: int = 24 * 30
+    horizon: int = 1
+    embargo: int = 24
+    window: Literal["expanding", "rolling"] = "expanding"
+    train_bars: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.folds < 1 or self.valid_bars < 1 or self.horizon < 1 or self.embargo < 0:
+            raise BadConfigError("walk-forward needs folds, valid_bars, horizon >= 1 and embargo >= 0")
+        if self.test_end <= self.test_start:
+            raise BadConfigError(f"walk-forward test window is empty: {self.test_start} → {self.test_end}")
+        if self.window == "rolling" and not self.train_bars:
+            raise BadConfigError("a rolling walk-forward needs train_bars")
+
+    def splits(self) -> list[Fold]:
+        """The folds, oldest first (test windows aligned to the candle interval)."""
+        span = (self.test_end - self.test_start) / self.folds
+        edges = [(self.test_start + span * k).floor(self.step) for k in range(self.folds)] + [self.test_end]
+        out = []
+        for k in range(self.folds):
+            valid_end = edges[k] - self.step * (self.horizon + self.embargo)
+            valid_start = valid_end - self.step * self.valid_bars
+            train_end = valid_start - self.step * self.horizon
+            rolling = self.window == "rolling" and self.train_bars is not None
+            train_start = train_end - self.step * (self.train_bars or 0) if rolling else None
+            out.append(Fold(k, train_start, train_end, valid_start, valid_end, edges[k], edges[k + 1]))
+        return out
+
+    def split(self, matrix: pd.DataFrame, fold: Fold) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Train, validation and test rows of ``matrix`` for ``fold`` (each checked non-empty)."""
+        t = matrix["open_time"]
+        lower = t >= fold.train_start if fold.train_start is not None else pd.Series(True, index=t.index)
+        parts = (
+            matrix[lower & (t < fold.train_end)],
+            matrix[(t >= fold.valid_start) & (t < fold.valid_end)],
+            matrix[(t >= fold.test_start) & (t < fold.test_end)],
+        )
+        for name, part in zip(("train", "valid", "test"), parts, strict=True):
+            if part.empty:
+                raise BadDataError(f"walk-forward fold {fold.number}: no {name} rows ({fold.describe()})")
+        return parts
+
+
+@dataclass
+class WalkForwardResult:
+    """What a walk-forward produced.
+
+    Attributes:
+        oof: OOF P(up) per row (``p_<model>``; ``p_stacker`` from the second fold on).
+        folds: the folds.
+        reports: model → one fit report per fold.
+        stacker: the stacker fitted on every fold's OOF rows (None with one fold).
+        stacker_by_fold: fold → weights of the stacker that predicted it.
+    """
+
+    oof: pd.DataFrame
+    folds: list[Fold]
+    reports: dict[str, list[dict[str, Any]]]
+    stacker: StackerModel | None
+    stacker_by_fold: dict[int, dict[str, float]]
+
+    def stacked_rows(self) -> pd.DataFrame:
+        """The rows every model and the stacker predicted (the fair comparison set)."""
+        return self.oof[self.oof[f"{PREFIX}stacker"].notna()] if self.stacker is not None else self.oof
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics per model over the stacker's rows, and per fold, beside climatology."""
+        rows = self.stacked_rows()
+        names = [c.removeprefix(PREFIX) for c in self.oof.columns if c.startswith(PREFIX)]
+        out: dict[str, Any] = {"rows": len(rows), "models": {}, "folds": [f.describe() for f in self.folds]}
+        for name in names:
+            col = f"{PREFIX}{name}"
+            overall = _metrics(rows, col)
+            per_fold = [
+                {"fold": int(str(k)), **_metrics(g, col)}
+                for k, g in self.oof[self.oof[col].notna()].groupby("fold")
+            ]
+            out["models"][name] = {**overall, "per_fold": per_fold}
+        if self.stacker is not None:
+            out["stacker_weights"] = self.stacker.weights
+        return out
+
+
+def walk_forward(
+    matrix: pd.DataFrame,
+    names: Sequence[str],
+    config: ModelConfig,
+    plan: WalkForward,
+) -> WalkForwardResult:
+    """Fit every base model on each fold, collect OOF P(up), then walk the stacker forward."""
+    folds = plan.splits()
+    total = len(folds) * len(names)
+    frames: list[pd.DataFrame] = []
+    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    done = 0
+    for fold in folds:
+        train, valid, test = plan.split(matrix, fold)
+        out = test[["symbol", "open_time", "target_up", "target_log_return"]].assign(
+            fold=fold.number, climatology=float(train[TARGET].mean())
+        )
+        context = matrix[(matrix["open_time"] < fold.test_start) & (matrix["open_time"] >= fold.valid_start)]
+        for name in names:
+            started = time.perf_counter()
+            model = get_model(name, replace(config, seed=config.seed + fold.number)).fit(train, valid)
+            p = model.predict_proba(test, context=context if model.context_rows else None)
+            out[f"{PREFIX}{name}"] = p.to_numpy()
+            reports[name].append(
+                {"fold": fold.number, "seconds": time.perf_counter() - started, **_jsonable(model.report)}
+            )
+            done += 1
+            progress.report("walk-forward", done, total)
+        frames.append(out)
+    oof = pd.concat(frames, ignore_index=True)[OOF_KEYS + [f"{PREFIX}{n}" for n in names]]
+    stacked, by_fold, final = stack_out_of_fold(oof, config)
+    oof[f"{PREFIX}stacker"] = stacked
+    return WalkForwardResult(oof, folds, reports, final, by_fold)
+
+
+def stack_out_of_fold(
+    oof: pd.DataFrame, config: ModelConfig
+) -> tuple[pd.Series, dict[int, dict[str, float]], StackerModel | None]:
+    """The stacker's OOF P(up) (fold k learns from folds < k) and the one fitted on all folds.
+
+    Each stacker chooses its regularisation on the latest quarter (by time) of the rows
+    it learns from. Fold 0 has no earlier OOF rows, so its stacked P(up) is NaN.
+    """
+    stacked = pd.Series(np.nan, index=oof.index)
+    by_fold: dict[int, dict[str, float]] = {}
+    folds = sorted(oof["fold"].unique())
+    if len(folds) < 2:
+        return stacked, by_fold, None
+    for k in folds[1:]:
+        model = _fit_stacker(oof[oof["fold"] < k], config)
+        rows = oof["fold"] == k
+        stacked[rows] = model.predict_proba(oof[rows]).to_numpy()
+        by_fold[int(k)] = model.weights
+    return stacked, by_fold, _fit_stacker(oof, config)
+
+
+def _fit_stacker(rows: pd.DataFrame, config: ModelConfig) -> StackerModel:
+    cut = rows["open_time"].quantile(0.75)
+    train, valid = rows[rows["open_time"] <= cut], rows[rows["open_time"] > cut]
+    model = StackerModel(config)
+    model.fit(train[[c for c in rows.columns if c.startswith(PREFIX) or c == TARGET]], valid)
+    return model
+
+
+def _metrics(rows: pd.DataFrame, col: str) -> dict[str, float]:
+    return metrics.classification(
+        rows[TARGET].to_numpy(), rows[col].to_numpy(), rows["climatology"].to_numpy(dtype=np.float64)
+    )
+
+
+def _jsonable(report: dict[str, Any]) -> dict[str, Any]:
+    """Report values as plain JSON types (numpy scalars become Python numbers)."""
+    out: dict[str, Any] = {}
+    for k, v in report.items():
+        if isinstance(v, dict):
+            out[k] = _jsonable(v)
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
