@@ -38,6 +38,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache

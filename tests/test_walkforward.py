@@ -1,0 +1,145 @@
+"""Purged, embargoed walk-forward, the out-of-fold stacker, the permuted-label canary, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.settings import load_settings
+from tasks.ingest import ingest_files
+from tasks.ingest.sample import sample_paths
+from tasks.models import REGISTRY, ModelConfig
+from tasks.walkforward import WalkForward, stack_out_of_fold, walk_forward
+from tests.test_cli import qt
+from tests.test_models import TINY
+
+H = pd.Timedelta(hours=1)
+
+
+def test_folds_purge_the_label_horizon_and_embargo_before_each_test_window() -> None:
+    plan = WalkForward(
+        pd.Timestamp("2025-01-01", tz="UTC"),
+        pd.Timestamp("2025-04-01", tz="UTC"),
+        folds=3,
+        valid_bars=240,
+        horizon=2,
+        embargo=12,
+    )
+    folds = plan.splits()
+    assert len(folds) == 3
+    assert folds[0].test_start == pd.Timestamp("2025-01-01", tz="UTC")
+    assert folds[-1].test_end == pd.Timestamp("2025-04-01", tz="UTC")
+    for before, after in itertools.pairwise(folds):
+        assert before.test_end == after.test_start  # contiguous, non-overlapping test windows
+    for f in folds:
+        # The last training row's label (2 bars ahead) ends before validation starts.
+        assert (f.train_end - H) + 2 * H <= f.valid_start
+        # The last validation row's label ends `embargo` bars before the test window.
+        assert (f.valid_end - H) + 2 * H + 12 * H <= f.test_start
+        assert f.valid_end - f.valid_start == 240 * H
+        assert f.train_start is None  # expanding
+    rolling = WalkForward(
+        pd.Timestamp("2025-01-01", tz="UTC"),
+        pd.Timestamp("2025-04-01", tz="UTC"),
+        folds=3,
+        window="rolling",
+        train_bars=1000,
+    ).splits()
+    assert all(f.train_end - f.train_start == 1000 * H for f in rolling if f.train_start is not None)
+
+
+def test_split_rows_never_cross_windows(sample_matrix: pd.DataFrame) -> None:
+    plan = WalkForward(pd.Timestamp("2025-03-01", tz="UTC"), pd.Timestamp("2025-05-01", tz="UTC"), folds=2)
+    for fold in plan.splits():
+        train, valid, test = plan.split(sample_matrix, fold)
+        assert train["open_time"].max() < valid["open_time"].min()
+        assert valid["open_time"].max() + 24 * H < test["open_time"].min()
+        assert test["open_time"].min() >= fold.test_start and test["open_time"].max() < fold.test_end
+
+
+def synthetic_oof(seed: int = 0, folds: int = 4, rows: int = 600) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = folds * rows
+    y = rng.integers(0, 2, n)
+    return pd.DataFrame(
+        {
+            "open_time": pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"),
+            "fold": np.repeat(np.arange(folds), rows),
+            "target_up": y,
+            "p_good": np.clip(0.5 + 0.15 * (2 * y - 1) + rng.normal(0, 0.2, n), 0.01, 0.99),
+            "p_noise": rng.uniform(0.2, 0.8, n),
+        }
+    )
+
+
+def test_the_stacker_of_fold_k_learns_only_from_earlier_folds() -> None:
+    oof = synthetic_oof()
+    stacked, by_fold, final = stack_out_of_fold(oof, ModelConfig())
+    assert stacked[oof["fold"] == 0].isna().all()  # nothing earlier to learn from
+    assert stacked[oof["fold"] > 0].notna().all()
+    changed = oof.copy()
+    later = changed["fold"] >= 2
+    changed.loc[later, "p_good"] = 1 - changed.loc[later, "p_good"]  # sabotage folds 2 and 3
+    again, _, _ = stack_out_of_fold(changed, ModelConfig())
+    fold1 = oof["fold"] == 1
+    np.testing.assert_array_equal(stacked[fold1].to_numpy(), again[fold1].to_numpy())
+    assert not np.allclose(stacked[oof["fold"] == 3].to_numpy(), again[oof["fold"] == 3].to_numpy())
+    # The informative model gets the weight; the noise gets (almost) none.
+    assert final is not None
+    assert final.weights["good"] > 0.5 > abs(final.weights["noise"])
+    assert set(by_fold) == {1, 2, 3}
+
+
+def test_permuted_labels_give_auc_one_half_for_every_model_and_the_stacker(
+    sample_matrix: pd.DataFrame,
+) -> None:
+    """The leakage canary: with labels shuffled, no model can beat a coin out of fold."""
+    rng = np.random.default_rng(11)
+    matrix = sample_matrix.copy()
+    order = rng.permutation(len(matrix))
+    for col in ("target_up", "target_log_return"):
+        matrix[col] = matrix[col].to_numpy()[order]
+    plan = WalkForward(
+        pd.Timestamp("2025-03-15", tz="UTC"),
+        pd.Timestamp("2025-05-15", tz="UTC"),
+        folds=3,
+        valid_bars=24 * 20,
+    )
+    names = [n for n in REGISTRY if n != "stacker"]
+    result = walk_forward(matrix, names, ModelConfig(seed=5, device="cpu", params=TINY), plan)
+    summary = result.summary()
+    assert set(summary["models"]) == {*names, "stacker"}
+    assert summary["rows"] > 4000
+    for name, m in summary["models"].items():
+        assert abs(m["auc"] - 0.5) < 0.02, f"{name}: OOF AUC {m['auc']:.4f} on permuted labels"
+
+
+def test_qt_walkforward_prints_oof_metrics_per_model_and_the_stacker(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "home")
+    for path in sample_paths(None, "1h"):
+        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
+    out = tmp_path / "oof.parquet"
+    result = qt(
+        "walkforward", "--models", "xgb,lgbm", "--folds", "3", "--test-days", "90",
+        "--out", str(out), "--json", home=settings.home,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert set(doc["models"]) == {"xgb", "lgbm", "stacker"}
+    for m in doc["models"].values():
+        for key in ("auc", "log_loss", "log_loss_climatology", "brier", "ece", "per_fold"):
+            assert key in m
+        assert 0.4 < m["auc"] < 0.7 and np.isfinite(m["log_loss"])
+    assert set(doc["stacker_weights"]) == {"xgb", "lgbm", "intercept"}
+    assert len(doc["folds"]) == 3
+    oof = pd.read_parquet(out)
+    assert {"p_xgb", "p_lgbm", "p_stacker", "fold", "climatology"} <= set(oof.columns)
+    assert oof["open_time"].min() >= pd.Timestamp("2025-03-16 23:00", tz="UTC")
+
+    bad = qt("walkforward", "--models", "xgb,prophet", "--json", home=settings.home)
+    assert bad.returncode == 2
+    assert "known models: xgb, lgbm, tft, nhits, patchtst, stacker" in bad.stdout
