@@ -340,6 +340,9 @@ def walkforward(
     out: Annotated[
         Path | None, typer.Option("--out", help="Parquet file for the OOF predictions table.")
     ] = None,
+    track: Annotated[
+        bool, typer.Option("--track/--no-track", help="Log runs, metrics and plots to MLflow.")
+    ] = True,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -394,6 +397,37 @@ def walkforward(
         write_parquet_atomic(result.oof, target)
         summary = result.summary()
         document = {**summary, "oof": str(target), "reports": result.reports, "models_run": names}
+        if result.stacker is not None:
+            from tasks.backtest import Costs
+            from tasks.evaluation import evaluate
+
+            costs = Costs(
+                fee_bps=settings.taker_fee_bps,
+                slippage_bps=settings.slippage_bps,
+                funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
+            )
+            evaluation = evaluate(result.oof, matrix, step, costs)
+            document["evaluation"] = evaluation.report
+            bt, base = evaluation.report["backtest"], evaluation.report["baselines"]
+            stderr.print(
+                f"backtest net of costs (stacker, cost-aware policy): Sharpe {bt['sharpe']:.2f}, "
+                f"return {bt['total_return']:+.1%}, turnover {bt['turnover']:.0f}; buy-and-hold Sharpe "
+                f"{base['buy_and_hold']['sharpe']:.2f}, "
+                f"momentum fallback {base['momentum_fallback']['sharpe']:.2f}",
+                highlight=False,
+            )
+            if track:
+                from tasks.tracking import track_walk_forward
+
+                params = {
+                    "models": names, "profile": profile, "trials": trials, "seed": seed, "folds": folds,
+                    "test_days": test_days, "valid_days": valid_days, "embargo": embargo, "window": window,
+                    "train_days": train_days, "interval": ival, "market": market,
+                    "costs": evaluation.report["costs"], "policy": evaluation.report["policy"],
+                }  # fmt: skip
+                run_id = track_walk_forward(settings, result, evaluation, matrix, params, ival, market)
+                document["mlflow_run_id"] = run_id
+                stderr.print(f"MLflow run {run_id} ({settings.tracking_uri})", highlight=False)
         rows = []
         for name, m in summary["models"].items():
             beats = sum(f["log_loss"] < f["log_loss_climatology"] for f in m["per_fold"])

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     min_quote_volume: float = Field(default=500_000.0, ge=0, description="universe filter, USDT")
     sentiment_csv: Path | None = Field(default=None, description="optional sentiment source (CSV)")
 
+    # MLflow: a SQLite store and file artifacts under home unless a server is named.
+    mlflow_tracking_uri: str | None = Field(default=None, description="e.g. http://127.0.0.1:5000")
+
+    # Costs of the backtest (fractions in bps of traded notional, per side).
+    taker_fee_bps: float = Field(default=4.0, ge=0)
+    maker_fee_bps: float = Field(default=2.0, ge=0)
+    slippage_bps: float = Field(default=1.0, ge=0)
+    funding_rate_8h: float = Field(default=0.0001, description="perpetual futures funding per 8 h")
+
     @property
     def store_dir(self) -> Path:
         """Parquet candle store."""
@@ -61,6 +70,21 @@ class Settings(BaseSettings):
     def prefect_home(self) -> Path:
         """``PREFECT_HOME`` (Prefect's SQLite DB for ephemeral mode)."""
         return self.home / "prefect"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """MLflow's SQLite DB and artifacts (when no tracking server is configured)."""
+        return self.home / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking (and registry) URI."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where new experiments keep their artifacts."""
+        return (self.mlflow_dir / "artifacts").as_uri()
 
 
 def load_settings(home: Path | None = None) -> Settings:

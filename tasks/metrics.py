@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from tasks.models.base import binary_log_loss, clip_proba
 
@@ -20,11 +21,24 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((clip_proba(p) - np.asarray(y, dtype=np.float64)) ** 2))
 
 
+def probability_bins(p: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Equal-count bins of probabilities (bin index per row, 0 … bins-1, by rank).
+
+    P(up) of next-bar models sits in a narrow band around 0.5; equal-width bins would
+    put almost every row in two bins and hide miscalibration, so bins hold equal counts.
+    """
+    q = np.asarray(p, dtype=np.float64)
+    if len(q) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = np.argsort(np.argsort(q, kind="stable"), kind="stable")
+    return np.minimum(rank * bins // len(q), bins - 1).astype(np.int64)
+
+
 def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width probability bins."""
+    """Expected calibration error over equal-count probability bins (see :func:`probability_bins`)."""
     q = clip_proba(p)
     y = np.asarray(y, dtype=np.float64)
-    which = np.minimum((q * bins).astype(np.int64), bins - 1)
+    which = probability_bins(q, bins)
     total = 0.0
     for b in np.unique(which):
         sel = which == b
@@ -49,3 +63,10 @@ def classification(y: np.ndarray, p: np.ndarray, base_rate: float | np.ndarray) 
         "accuracy": float(np.mean((np.asarray(p) > 0.5) == (y > 0.5))),
         "ece": ece(y, p),
     }
+
+
+def of_rows(rows: pd.DataFrame, column: str) -> dict[str, float]:
+    """:func:`classification` of a P(up) column of an OOF table (``target_up``, ``climatology``)."""
+    return classification(
+        rows["target_up"].to_numpy(), rows[column].to_numpy(), rows["climatology"].to_numpy(dtype=np.float64)
+    )

@@ -141,9 +141,9 @@ class WalkForwardResult:
         out: dict[str, Any] = {"rows": len(rows), "models": {}, "folds": [f.describe() for f in self.folds]}
         for name in names:
             col = f"{PREFIX}{name}"
-            overall = _metrics(rows, col)
+            overall = metrics.of_rows(rows, col)
             per_fold = [
-                {"fold": int(str(k)), **_metrics(g, col)}
+                {"fold": int(str(k)), **metrics.of_rows(g, col)}
                 for k, g in self.oof[self.oof[col].notna()].groupby("fold")
             ]
             out["models"][name] = {**overall, "per_fold": per_fold}
@@ -214,12 +214,6 @@ def _fit_stacker(rows: pd.DataFrame, config: ModelConfig) -> StackerModel:
     model = StackerModel(config)
     model.fit(train[[c for c in rows.columns if c.startswith(PREFIX) or c == TARGET]], valid)
     return model
-
-
-def _metrics(rows: pd.DataFrame, col: str) -> dict[str, float]:
-    return metrics.classification(
-        rows[TARGET].to_numpy(), rows[col].to_numpy(), rows["climatology"].to_numpy(dtype=np.float64)
-    )
 
 
 def _jsonable(report: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from core.settings import load_settings
 from tasks.ingest import ingest_files
@@ -139,6 +140,37 @@ def test_qt_walkforward_prints_oof_metrics_per_model_and_the_stacker(tmp_path: P
     oof = pd.read_parquet(out)
     assert {"p_xgb", "p_lgbm", "p_stacker", "fold", "climatology"} <= set(oof.columns)
     assert oof["open_time"].min() >= pd.Timestamp("2025-03-16 23:00", tz="UTC")
+
+    # The evaluation of the same rows: classification, backtest, baselines.
+    ev = doc["evaluation"]
+    assert ev["rows"] == len(oof[oof["p_stacker"].notna()])
+    for key in ("sharpe", "sortino", "max_drawdown", "total_return", "win_rate", "turnover", "fees_paid"):
+        assert np.isfinite(ev["backtest"][key])
+    assert set(ev["baselines"]) == {"buy_and_hold", "momentum_fallback", "always_flat", "climatology"}
+    assert set(ev["per_symbol"]) == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"}
+    assert set(ev["single_models"]) == {"xgb", "lgbm"}
+    # One MLflow parent run with the plots, a child run per family, all in one experiment.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    parent = client.get_run(doc["mlflow_run_id"])
+    assert parent.data.metrics["oof_auc"] == pytest.approx(ev["classification"]["auc"])
+    assert "backtest_sharpe" in parent.data.metrics and "buy_and_hold_sharpe" in parent.data.metrics
+    assert len(parent.data.tags["data_hash"]) == 64 and parent.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {
+        "reliability.png",
+        "equity_vs_baselines.png",
+        "stacker_weights.png",
+        "oof_predictions.parquet",
+    } <= artifacts
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {r.info.run_name for r in children} == {"xgb", "lgbm"}
+    for child in children:
+        assert "feature_importance.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert not (Path.cwd() / "mlruns").exists()  # nothing written outside the home
 
     bad = qt("walkforward", "--models", "xgb,prophet", "--json", home=settings.home)
     assert bad.returncode == 2

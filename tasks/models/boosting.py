@@ -67,6 +67,8 @@ class BoostingModel(ProbaModel):
             valid_rows=len(y_valid),
         )
         self.importance = self._importance()
+        top = sorted(self.importance.items(), key=lambda kv: kv[1], reverse=True)[:30]
+        self.report["importance"] = dict(top)
         return self
 
     def predict_proba(self, frame: pd.DataFrame, context: pd.DataFrame | None = None) -> pd.Series:
@@ -184,8 +186,7 @@ class LGBMModel(BoostingModel):
     ) -> None:
         import lightgbm as lgb
 
-        p = {k: v for k, v in params.items() if k != "calibrate"}
-        rounds, patience = p.pop("num_boost_round"), p.pop("early_stopping")
+        p, rounds, patience = _library_params(params)
         p.update(
             objective="binary",
             metric="binary_logloss",
@@ -251,8 +252,7 @@ class XGBModel(BoostingModel):
     ) -> None:
         import xgboost as xgb
 
-        p = {k: v for k, v in params.items() if k != "calibrate"}
-        rounds, patience = p.pop("num_boost_round"), p.pop("early_stopping")
+        p, rounds, patience = _library_params(params)
         p.update(
             objective="binary:logistic",
             eval_metric="logloss",
@@ -287,6 +287,12 @@ class XGBModel(BoostingModel):
 
     def _importance(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.booster.get_score(importance_type="total_gain").items()}
+
+
+def _library_params(params: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """The library's own parameters, the boosting round cap, and the early-stopping patience."""
+    own = {k: v for k, v in params.items() if k not in ("calibrate", "num_boost_round", "early_stopping")}
+    return own, int(params["num_boost_round"]), int(params["early_stopping"])
 
 
 def _fingerprint(*frames: pd.DataFrame) -> str:

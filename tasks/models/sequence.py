@@ -322,10 +322,6 @@ class TFTModel(SequenceModel):
             reduce_on_plateau_patience=max(1, s["patience"] - 1),
         )
 
-    def variable_importance(self, frame: pd.DataFrame) -> dict[str, float]:
-        """TFT's encoder/decoder variable-selection weights, averaged over ``frame``'s rows."""
-        raise NotImplementedError("variable importance arrives with the evaluation issue")
-
 
 class NHiTSModel(SequenceModel):
     """N-HiTS (``nhits``): hierarchical interpolation MLP stacks, with covariates."""

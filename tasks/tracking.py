@@ -1,0 +1,209 @@
+"""MLflow tracking of a walk-forward: a parent run, a child run per model family.
+
+One experiment per (interval, market, universe). The parent run holds the product's
+figures (the stacker's OOF classification and backtest, the baselines), the data range
+and a content hash of the data, the feature list, the git commit and package versions,
+and the artifacts people look at in the MLflow UI: reliability diagram, equity curves
+against baselines, stacker weights, the OOF table and the evaluation report. Each
+family's child run holds its per-fold metrics, its fit reports and (boosting) its
+feature importances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.settings import Settings
+from tasks.evaluation import Evaluation, reliability
+from tasks.features import feature_columns
+from tasks.models.stacker import PREFIX
+from tasks.walkforward import WalkForwardResult
+
+PACKAGES = (
+    "mlflow", "prefect", "xgboost-cpu", "lightgbm", "torch", "pytorch-forecasting", "optuna", "pandas",
+)  # fmt: skip
+
+
+def experiment_name(interval: str, market: str, symbols: list[str]) -> str:
+    """``quantum-trader-<interval>-<market>-<universe>``, universe = count + short hash."""
+    universe = hashlib.sha256(",".join(sorted(symbols)).encode()).hexdigest()[:6]
+    return f"quantum-trader-{interval}-{market}-{len(symbols)}sym-{universe}"
+
+
+def data_hash(matrix: pd.DataFrame) -> str:
+    """Content hash of the training data (rows, features and targets)."""
+    ordered = matrix.sort_values(["symbol", "open_time"]).reset_index(drop=True)
+    return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def git_commit() -> str:
+    """The checked-out commit of the project (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def use_store(settings: Settings) -> None:
+    """Point MLflow at the home's store (or the configured server)."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    """The experiment's id, creating it (artifacts under home) on first use."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(mlflow.create_experiment(name, artifact_location=f"{settings.artifact_root}/{name}"))
+
+
+def track_walk_forward(
+    settings: Settings,
+    result: WalkForwardResult,
+    evaluation: Evaluation,
+    matrix: pd.DataFrame,
+    params: dict[str, Any],
+    interval: str,
+    market: str,
+) -> str:
+    """Log a walk-forward and its evaluation to MLflow; returns the parent run id."""
+    import mlflow
+
+    from tasks import plots
+
+    use_store(settings)
+    symbols = sorted(matrix["symbol"].unique())
+    exp = experiment_id(settings, experiment_name(interval, market, symbols))
+    report = evaluation.report
+    with mlflow.start_run(experiment_id=exp, run_name=f"walk-forward {report['end'][:10]}") as parent:
+        mlflow.log_params({k: _param(v) for k, v in params.items()})
+        mlflow.set_tags(
+            {
+                "git_commit": git_commit(),
+                "data_hash": data_hash(matrix),
+                "data_start": str(matrix["open_time"].min()),
+                "data_end": str(matrix["open_time"].max()),
+                "test_start": report["start"],
+                "test_end": report["end"],
+                "symbols": ",".join(symbols),
+                **{f"version.{k}": v for k, v in versions().items()},
+            }
+        )
+        mlflow.log_metrics(_flat("oof", report["classification"]))
+        mlflow.log_metrics(_flat("backtest", report["backtest"]))
+        for name, figures in report["baselines"].items():
+            mlflow.log_metrics(_flat(name, figures))
+        for name, figures in report["single_models"].items():
+            mlflow.log_metrics(_flat(f"{name}_backtest", figures))
+        if result.stacker is not None:
+            mlflow.log_metrics({f"stacker_weight_{k}": v for k, v in result.stacker.weights.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            rows = evaluation.rows
+            names = [c.removeprefix(PREFIX) for c in rows.columns if c.startswith(PREFIX)]
+            y = rows["target_up"].to_numpy()
+            curves = {n: reliability(y, rows[f"{PREFIX}{n}"].to_numpy()) for n in names}
+            plots.reliability_diagram(curves, folder / "reliability.png")
+            plots.equity_curves(evaluation.backtests, folder / "equity_vs_baselines.png", report["model"])
+            if result.stacker is not None:
+                plots.bar_chart(result.stacker.weights, folder / "stacker_weights.png", "Stacker weights")
+                (folder / "stacker_weights.json").write_text(json.dumps(result.stacker.weights, indent=2))
+            (folder / "features.json").write_text(json.dumps(feature_columns(matrix), indent=2))
+            (folder / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
+            result.oof.to_parquet(folder / "oof_predictions.parquet")
+            mlflow.log_artifacts(str(folder))
+        for name, fold_reports in result.reports.items():
+            _child(exp, name, fold_reports, result, report)
+        return str(parent.info.run_id)
+
+
+def _child(
+    experiment: str,
+    name: str,
+    fold_reports: list[dict[str, Any]],
+    result: WalkForwardResult,
+    report: dict[str, Any],
+) -> None:
+    import mlflow
+
+    from tasks import plots
+
+    with mlflow.start_run(experiment_id=experiment, run_name=name, nested=True):
+        mlflow.set_tag("family", name)
+        first = fold_reports[0] if fold_reports else {}
+        flat_params = {k: v for k, v in first.get("params", {}).items()}
+        for key in ("mapping", "features"):
+            if key in first:
+                flat_params[key] = first[key]
+        if flat_params:
+            mlflow.log_params({k: _param(v) for k, v in flat_params.items()})
+        figures = result.summary()["models"].get(name, {})
+        mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
+        for fold in figures.get("per_fold", []):
+            step = int(fold["fold"])
+            mlflow.log_metrics({f"fold_{k}": float(v) for k, v in fold.items() if k != "fold"}, step=step)
+        for r in fold_reports:
+            numeric = {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "fold"}
+            mlflow.log_metrics({f"fit_{k}": v for k, v in numeric.items()}, step=int(r["fold"]))
+        if name in report["single_models"]:
+            mlflow.log_metrics(_flat("backtest", report["single_models"][name]))
+        importance = fold_reports[-1].get("importance") if fold_reports else None
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "fit_reports.json").write_text(json.dumps(fold_reports, indent=2, default=str))
+            if importance:
+                title = f"{name}: gain importance (last fold)"
+                plots.bar_chart(importance, folder / "feature_importance.png", title)
+            mlflow.log_artifacts(str(folder))
+
+
+def _flat(prefix: str, figures: dict[str, Any]) -> dict[str, float]:
+    """Finite numeric figures as ``prefix_name`` metrics (MLflow rejects NaN/inf in the UI's charts)."""
+    out = {}
+    for k, v in figures.items():
+        if isinstance(v, int | float) and pd.notna(v) and abs(float(v)) != float("inf"):
+            out[f"{prefix}_{k}"] = float(v)
+    return out
+
+
+def _param(value: Any) -> str:
+    """A parameter value as MLflow stores it (at most 500 characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:500]
