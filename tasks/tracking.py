@@ -189,7 +189,8 @@ def _child(
             folder = Path(tmp)
             (folder / "fit_reports.json").write_text(json.dumps(fold_reports, indent=2, default=str))
             if importance:
-                title = f"{name}: gain importance (last fold)"
+                kind = "variable-selection weight" if name == "tft" else "gain importance"
+                title = f"{name}: {kind} (last fold)"
                 plots.bar_chart(importance, folder / "feature_importance.png", title)
             mlflow.log_artifacts(str(folder))
 

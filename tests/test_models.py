@@ -164,3 +164,14 @@ def test_optuna_tunes_inside_the_training_window_and_persists_the_study(
     again = get_model("lgbm", config).fit(train, valid)
     assert optuna.load_study(study_name=summary.study_name, storage=storage).trials.__len__() == 4
     assert again.report["params"] == model.report["params"]
+
+
+def test_tft_reports_its_variable_importance(sample_matrix: pd.DataFrame) -> None:
+    train, valid, _ = windows(sample_matrix)
+    model = get_model("tft", tiny_config()).fit(train, valid)
+    importance = model.report["importance"]
+    encoder = {k: v for k, v in importance.items() if k.startswith("encoder:")}
+    decoder = {k: v for k, v in importance.items() if k.startswith("decoder:")}
+    assert "encoder:target_log_return" in encoder and "decoder:rsi_14" in decoder
+    assert sum(encoder.values()) == pytest.approx(1.0) and sum(decoder.values()) == pytest.approx(1.0)
+    assert all(v >= 0 for v in importance.values())

@@ -214,27 +214,10 @@ class SequenceModel(ProbaModel):
 
         ``context``: earlier rows the encoder may read (default: the tail of the fit data).
         """
-        from pytorch_forecasting import TimeSeriesDataSet
-
         if self.network is None:
             raise RuntimeError(f"{self.name}: predict before fit")
-        data, wanted = _indexed(self._pf_frame(frame), self.tail if context is None else context)
-        start = int(wanted["bar"].min())
-        dataset = TimeSeriesDataSet.from_parameters(
-            self.dataset_parameters, data, stop_randomization=True, min_prediction_idx=start
-        )
-        with _quiet():
-            out = self.network.predict(
-                dataset.to_dataloader(train=False, batch_size=2048, num_workers=0),
-                mode="quantiles",
-                return_index=True,
-                trainer_kwargs={
-                    "accelerator": self._accelerator(),
-                    "logger": False,
-                    "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                },
-            )
+        dataset, wanted = self._dataset(frame, self.tail if context is None else context)
+        out = self._predict(dataset, mode="quantiles", return_index=True)
         values = out.output.detach().cpu().numpy()[:, 0, :]
         index = out.index.assign(_row=np.arange(len(out.index)))
         found = wanted.merge(index, on=["symbol", "bar"], how="left")["_row"]
@@ -246,6 +229,31 @@ class SequenceModel(ProbaModel):
                 "pass a frame that starts earlier"
             )
         return np.asarray(values[found.to_numpy(dtype=np.int64)], dtype=np.float64)
+
+    def _dataset(self, frame: pd.DataFrame, context: pd.DataFrame) -> tuple[Any, pd.DataFrame]:
+        """The prediction dataset of ``frame``'s rows (history from ``context``) and their keys."""
+        from pytorch_forecasting import TimeSeriesDataSet
+
+        data, wanted = _indexed(self._pf_frame(frame), context)
+        start = int(wanted["bar"].min())
+        dataset = TimeSeriesDataSet.from_parameters(
+            self.dataset_parameters, data, stop_randomization=True, min_prediction_idx=start
+        )
+        return dataset, wanted
+
+    def _predict(self, dataset: Any, **kwargs: Any) -> Any:
+        """``network.predict`` on a dataset, quietly, on the configured device."""
+        with _quiet():
+            return self.network.predict(
+                dataset.to_dataloader(train=False, batch_size=2048, num_workers=0),
+                trainer_kwargs={
+                    "accelerator": self._accelerator(),
+                    "logger": False,
+                    "enable_progress_bar": False,
+                    "enable_model_summary": False,
+                },
+                **kwargs,
+            )
 
     def _dataset_kwargs(self) -> dict[str, Any]:
         from pytorch_forecasting.data import EncoderNormalizer
@@ -321,6 +329,29 @@ class TFTModel(SequenceModel):
             log_interval=-1,
             reduce_on_plateau_patience=max(1, s["patience"] - 1),
         )
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> Self:
+        """Fit, then record TFT's variable importance on the validation window (``report``)."""
+        super().fit(train, valid)
+        self.report["importance"] = self.variable_importance(valid)
+        return self
+
+    def variable_importance(self, frame: pd.DataFrame) -> dict[str, float]:
+        """Variable-selection weights summed over ``frame``'s rows, each side summing to 1.
+
+        Keys are ``encoder:<name>`` (the history window) and ``decoder:<name>`` (the
+        forecast row's known features).
+        """
+        dataset, _ = self._dataset(frame, self._recent_tail(frame))
+        raw = self._predict(dataset, mode="raw")
+        interpretation = self.network.interpret_output(getattr(raw, "output", raw), reduction="sum")
+        out: dict[str, float] = {}
+        for side in ("encoder", "decoder"):
+            weights = interpretation[f"{side}_variables"].detach().cpu().numpy().astype(np.float64)
+            total = float(weights.sum()) or 1.0
+            names = getattr(self.network, f"{side}_variables")
+            out.update({f"{side}:{n}": float(w) / total for n, w in zip(names, weights, strict=True)})
+        return out
 
 
 class NHiTSModel(SequenceModel):
