@@ -279,11 +279,20 @@ def policy_positions(
     return out
 
 
-def baseline_positions(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Positions of the baselines on the same rows: buy-and-hold, momentum fallback, flat."""
+def baseline_positions(frame: pd.DataFrame, step: pd.Timedelta) -> dict[str, pd.Series]:
+    """Positions of the baselines on the same rows: buy-and-hold, momentum fallback, flat.
+
+    The momentum fallback reads the 24 h change: ``log_ret_24`` at 1h; at other intervals
+    the sum of the last 24 h of ``log_ret_1`` within the rows (flat until a day has passed).
+    """
+    bars = int(pd.Timedelta(hours=24) / step)
     momentum = pd.Series(0.0, index=frame.index)
     for _, rows in frame.sort_values("open_time").groupby("symbol"):
-        momentum.loc[rows.index] = momentum_positions(rows["log_ret_24"].to_numpy())
+        if bars == 24 and "log_ret_24" in rows:
+            day = rows["log_ret_24"]
+        else:
+            day = rows["log_ret_1"].rolling(bars, min_periods=bars).sum()
+        momentum.loc[rows.index] = momentum_positions(day.to_numpy())
     return {
         "buy_and_hold": pd.Series(1.0, index=frame.index),
         "momentum_fallback": momentum,

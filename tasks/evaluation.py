@@ -20,7 +20,7 @@ from tasks.features.regime import Regime
 from tasks.models.stacker import PREFIX
 
 #: Columns of the feature matrix the evaluation needs beside the OOF table.
-CONTEXT_COLUMNS = ["log_ret_24", "atr_pct", "regime"]
+CONTEXT_COLUMNS = ["log_ret_1", "log_ret_24", "atr_pct", "regime"]
 
 
 @dataclass
@@ -73,7 +73,7 @@ def evaluate(
     for name in names:
         pos = policy_positions(rows, rows[f"{PREFIX}{name}"], policy, costs, abs_return)
         tests[name] = backtest(rows, pos, costs, step)
-    for name, pos in baseline_positions(rows).items():
+    for name, pos in baseline_positions(rows, step).items():
         tests[name] = backtest(rows, pos, costs, step)
     clim_scores = metrics.classification(y, clim, clim)
     report: dict[str, Any] = {

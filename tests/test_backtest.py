@@ -147,7 +147,7 @@ def test_equity_matches_an_independent_per_bar_loop_on_real_candles(sample_matri
 
 def test_baselines_run_on_the_same_rows(sample_matrix: pd.DataFrame) -> None:
     rows = sample_matrix[sample_matrix["open_time"] >= "2025-05-01"]
-    base = baseline_positions(rows)
+    base = baseline_positions(rows, H)
     assert set(base) == {"buy_and_hold", "momentum_fallback", "always_flat"}
     for positions in base.values():
         assert positions.index.equals(rows.index)
@@ -155,3 +155,11 @@ def test_baselines_run_on_the_same_rows(sample_matrix: pd.DataFrame) -> None:
     assert hold["trades"] == rows["symbol"].nunique() and hold["exposure"] == 1.0
     flat = backtest(rows, base["always_flat"], Costs(), H).metrics
     assert flat["total_return"] == 0 and flat["sharpe"] == 0
+    # At another interval the 24 h change is summed from one-bar returns: at 1h the same
+    # positions once both have seen a signal (apart from rows right after exchange gaps).
+    from_bars = baseline_positions(rows.drop(columns=["log_ret_24"]), H)["momentum_fallback"]
+    ordered = rows.sort_values("open_time")
+    signal = (np.abs(np.expm1(ordered["log_ret_24"])) > 0.01) & (ordered.groupby("symbol").cumcount() >= 23)
+    started = signal.groupby(ordered["symbol"]).cummax().reindex(rows.index)
+    same = from_bars[started] == base["momentum_fallback"][started]
+    assert started.mean() > 0.9 and same.mean() > 0.995
