@@ -182,18 +182,20 @@ def walk_forward(
             progress.report("walk-forward", done, total)
         frames.append(out)
     oof = pd.concat(frames, ignore_index=True)[OOF_KEYS + [f"{PREFIX}{n}" for n in names]]
-    stacked, by_fold, final = stack_out_of_fold(oof, config)
+    stacked, by_fold, final = stack_out_of_fold(oof, config, purge=plan.step * (plan.horizon - 1))
     oof[f"{PREFIX}stacker"] = stacked
     return WalkForwardResult(oof, folds, reports, final, by_fold)
 
 
 def stack_out_of_fold(
-    oof: pd.DataFrame, config: ModelConfig
+    oof: pd.DataFrame, config: ModelConfig, purge: pd.Timedelta | None = None
 ) -> tuple[pd.Series, dict[int, dict[str, float]], StackerModel | None]:
     """The stacker's OOF P(up) (fold k learns from folds < k) and the one fitted on all folds.
 
     Each stacker chooses its regularisation on the latest quarter (by time) of the rows
-    it learns from. Fold 0 has no earlier OOF rows, so its stacked P(up) is NaN.
+    it learns from. Fold 0 has no earlier OOF rows, so its stacked P(up) is NaN. With a
+    label horizon of h bars, ``purge`` = (h - 1) bars drops the earlier rows whose labels
+    reach into fold k.
     """
     stacked = pd.Series(np.nan, index=oof.index)
     by_fold: dict[int, dict[str, float]] = {}
@@ -201,8 +203,9 @@ def stack_out_of_fold(
     if len(folds) < 2:
         return stacked, by_fold, None
     for k in folds[1:]:
-        model = _fit_stacker(oof[oof["fold"] < k], config)
         rows = oof["fold"] == k
+        cutoff = oof.loc[rows, "open_time"].min() - (purge or pd.Timedelta(0))
+        model = _fit_stacker(oof[(oof["fold"] < k) & (oof["open_time"] < cutoff)], config)
         stacked[rows] = model.predict_proba(oof[rows]).to_numpy()
         by_fold[int(k)] = model.weights
     return stacked, by_fold, _fit_stacker(oof, config)

@@ -175,3 +175,17 @@ def test_qt_walkforward_prints_oof_metrics_per_model_and_the_stacker(tmp_path: P
     bad = qt("walkforward", "--models", "xgb,prophet", "--json", home=settings.home)
     assert bad.returncode == 2
     assert "known models: xgb, lgbm, tft, nhits, patchtst, stacker" in bad.stdout
+
+
+def test_the_stacker_purges_rows_whose_labels_reach_into_the_next_fold() -> None:
+    oof = synthetic_oof()
+    purge = 3 * H  # a 4-bar label horizon
+    stacked, _, _ = stack_out_of_fold(oof, ModelConfig(), purge=purge)
+    first_of_fold1 = oof.loc[oof["fold"] == 1, "open_time"].min()
+    overlapping = (oof["fold"] == 0) & (oof["open_time"] >= first_of_fold1 - purge)
+    assert overlapping.sum() == 3
+    changed = oof.copy()
+    changed.loc[overlapping, "target_up"] = 1 - changed.loc[overlapping, "target_up"]
+    again, _, _ = stack_out_of_fold(changed, ModelConfig(), purge=purge)
+    fold1 = oof["fold"] == 1
+    np.testing.assert_array_equal(stacked[fold1].to_numpy(), again[fold1].to_numpy())
