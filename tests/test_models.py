@@ -127,6 +127,10 @@ def test_sequence_models_report_both_mappings_and_need_history(sample_matrix: pd
         & (sample_matrix["open_time"] < "2025-04-01")
         & (sample_matrix["open_time"] >= "2025-03-01")
     ]
+    # Live rows carry no targets: the history's returns come from the next row's log_ret_1.
+    targets = ["target_log_return", "target_up"]
+    unlabeled = model.predict_proba(later.drop(columns=targets), context=history.drop(columns=targets))
+    np.testing.assert_allclose(with_context.to_numpy(), unlabeled.to_numpy(), rtol=1e-6)
     # The encoder reads exactly the 12 rows before each row: more history changes nothing.
     np.testing.assert_allclose(
         with_context.to_numpy(), model.predict_proba(later, context=longer).to_numpy(), rtol=1e-6

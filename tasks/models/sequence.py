@@ -279,8 +279,7 @@ class SequenceModel(ProbaModel):
     def _pf_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The columns pytorch-forecasting reads (``_order`` keeps the frame's row order).
 
-        An unknown target (the newest, unlabeled rows) is set to 0: it is only ever the
-        forecast row's own target, which no network reads as input. Missing features are
+        Missing targets (live rows, the pyfunc's input) are filled in :func:`_indexed`. Missing features are
         carried forward within the symbol, then 0 (the training mean after scaling is
         close to it).
         """
@@ -290,7 +289,8 @@ class SequenceModel(ProbaModel):
         out = frame[["symbol", "open_time", *self.features]].copy()
         out["symbol"] = out["symbol"].astype(str)
         target = frame[RETURN_TARGET] if RETURN_TARGET in frame else pd.Series(np.nan, index=frame.index)
-        out[RETURN_TARGET] = target.astype(np.float64).fillna(0.0)
+        out[RETURN_TARGET] = target.astype(np.float64)
+        out["_ret"] = frame["log_ret_1"].astype(np.float64) if "log_ret_1" in frame else np.nan
         out[self.features] = out.groupby("symbol")[self.features].ffill().fillna(0.0).astype(np.float32)
         out["_order"] = np.arange(len(out))
         return out
@@ -450,8 +450,13 @@ def _indexed(frame: pd.DataFrame, context: pd.DataFrame) -> tuple[pd.DataFrame, 
         parts.insert(0, ctx.assign(_wanted=False))
     data = pd.concat(parts).sort_values(["symbol", "open_time"], kind="stable").reset_index(drop=True)
     data["bar"] = data.groupby("symbol").cumcount().astype(np.int64)
+    # A missing target (live rows, the pyfunc's input: no targets) is the next row's
+    # log_ret_1, the same number, known once that row closed. The newest row's stays
+    # unknown and is set to 0: it is only the forecast row's own target, never an input.
+    following = data.groupby("symbol")["_ret"].shift(-1)
+    data[RETURN_TARGET] = data[RETURN_TARGET].fillna(following).fillna(0.0)
     wanted = data.loc[data["_wanted"].astype(bool), ["symbol", "bar", "_order"]].sort_values("_order")
-    return data.drop(columns=["_wanted", "_order"]), wanted[["symbol", "bar"]].reset_index(drop=True)
+    return data.drop(columns=["_wanted", "_order", "_ret"]), wanted[["symbol", "bar"]].reset_index(drop=True)
 
 
 def _step(frame: pd.DataFrame) -> pd.Timedelta:

@@ -1,0 +1,73 @@
+"""The ensemble as one registered pyfunc model: register, alias, load in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.settings import load_settings
+from model_registry.ensemble import fit_ensemble
+from model_registry.registry import register, set_alias
+from tasks.backtest import Costs
+from tasks.features.dataset import features_from_store
+from tasks.ingest import ingest_files
+from tasks.ingest.sample import sample_paths
+from tasks.models import ModelConfig
+from tasks.store import CandleStore
+from tasks.walkforward import WalkForward, walk_forward
+from tests.test_models import TINY
+
+FRESH_PROCESS = """
+import json, sys
+import mlflow
+from pathlib import Path
+from tasks.features.dataset import features_from_store
+from tasks.store import CandleStore
+from model_registry.registry import to_pyfunc_input
+
+home = Path(sys.argv[1])
+mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+model = mlflow.pyfunc.load_model("models:/quantum-trader-1h@champion")
+features = features_from_store(CandleStore(home / "store"), None, "1h", include_unlabeled=True)
+latest = features.groupby("symbol").tail(40)
+out = model.predict(to_pyfunc_input(latest))
+print(out.to_json(orient="records"))
+"""
+
+
+def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "home")
+    for path in sample_paths(["BTCUSDT", "ETHUSDT", "SOLUSDT"], "1h"):
+        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
+    matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
+    plan = WalkForward(pd.Timestamp("2025-04-15", tz="UTC"), pd.Timestamp("2025-06-14", tz="UTC"), folds=2)
+    names = ["xgb", "lgbm", "nhits"]
+    config = ModelConfig(seed=1, device="cpu", params=TINY)
+    result = walk_forward(matrix, names, config, plan)
+    assert result.stacker is not None
+    ensemble = fit_ensemble(
+        matrix, names, config, plan, result.stacker, "1h", Costs(), metrics={"oof_auc": 0.51}
+    )
+    example = matrix[matrix["symbol"] == "BTCUSDT"].tail(ensemble.history_rows + 1)
+    version = register(settings, ensemble, example)
+    set_alias(settings, "1h", "champion", version)
+
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(settings.home)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["symbol"] for r in rows] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    for r in rows:
+        assert 0 < r["p_up"] < 1 and r["action"] in {"BUY", "SELL", "HOLD"}
+        assert r["open_time"] == "2025-06-14T23:00:00Z"  # the newest candle, whose target is unknown
+        assert {"p_xgb", "p_lgbm", "p_nhits"} <= set(r)
+    # The same numbers as the in-process ensemble on the same rows.
+    latest = features_from_store(CandleStore(settings.store_dir), None, "1h", include_unlabeled=True)
+    here = ensemble.predict(latest.groupby("symbol").tail(40))
+    np.testing.assert_allclose([r["p_up"] for r in rows], here["p_up"].to_numpy(), rtol=1e-9)
