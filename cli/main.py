@@ -455,6 +455,77 @@ def walkforward(
 
 
 @app.command()
+def evaluate(
+    model: Annotated[
+        str, typer.Option("--model", help="champion, challenger or a registered version number.")
+    ] = "champion",
+    symbols: SymbolsOpt = None,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Out-of-sample metrics and backtest of a registered model on stored data, with baselines.
+
+    Default range: from the first bar after the model's training data to the newest
+    labelled bar, so the figures are out of sample (an earlier --start is flagged).
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        import pandas as pd
+
+        from core.candles import check_market, interval_ms
+        from core.timeutil import parse_utc
+        from model_registry.evaluate import evaluate_ensemble
+        from model_registry.registry import load_ensemble
+        from tasks.backtest import Costs
+        from tasks.features.dataset import features_from_store
+        from tasks.store import CandleStore
+
+        ival = interval or settings.default_interval
+        step = pd.Timedelta(milliseconds=interval_ms(ival))
+        check_market(market)
+        ensemble, version = load_ensemble(settings, ival, model)
+        matrix = features_from_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
+        costs = Costs(
+            fee_bps=settings.taker_fee_bps,
+            slippage_bps=settings.slippage_bps,
+            funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
+        )
+        report = evaluate_ensemble(
+            ensemble, matrix, step, costs, parse_utc(start, "--start"), parse_utc(end, "--end")
+        )
+        document = {"model_version": version, **report}
+        rows = [["model (stacker)", report["classification"], report["backtest"]]]
+        rows += [[n, v, None] for n, v in report["per_model"].items()]
+        table_rows = [
+            [
+                name,
+                f"{c['auc']:.4f}",
+                f"{c['log_loss']:.5f}",
+                f"{b['sharpe']:.2f}" if b else "",
+            ]
+            for name, c, b in rows
+        ]
+        for name in ("buy_and_hold", "momentum_fallback", "always_flat"):
+            table_rows.append([name, "", "", f"{report['baselines'][name]['sharpe']:.2f}"])
+        clim = report["classification"]["log_loss_climatology"]
+        stderr.print(
+            f"version {version}, {report['rows']:,} rows {report['start'][:16]} → {report['end'][:16]}; "
+            f"climatology log loss {clim:.5f}"
+            + (" (IN SAMPLE: overlaps training data)" if report["in_sample"] else ""),
+            highlight=False,
+        )
+        return document, table(
+            "Evaluation (same rows, net of costs)", ["model", "AUC", "log loss", "Sharpe"], table_rows
+        )
+
+    _run(home, as_json, command)
+
+
+@app.command()
 def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """The main job on the bundled sample: ingest (validated) → feature matrix.
 

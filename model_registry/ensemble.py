@@ -47,6 +47,7 @@ class Ensemble:
     abs_return: dict[str, float]
     trained_until: str
     metrics: dict[str, float] = field(default_factory=dict)
+    base_rate: float = 0.5
 
     @property
     def history_rows(self) -> int:
@@ -57,6 +58,17 @@ class Ensemble:
     def weights(self) -> dict[str, float]:
         """The stacker's weights."""
         return self.stacker.weights
+
+    def predict_rows(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+        """P(up) of every row of ``frame`` (``p_stacker``) and of each model (``p_<name>``).
+
+        ``history``: earlier feature rows of the same symbols (for sequence encoders).
+        """
+        out = pd.DataFrame(index=frame.index)
+        for name, model in self.models.items():
+            out[f"{PREFIX}{name}"] = model.predict_proba(frame, context=history).to_numpy()
+        out[f"{PREFIX}stacker"] = self.stacker.predict_proba(out).to_numpy()
+        return out
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One prediction per symbol: its newest row of ``frame`` (earlier rows are history).
@@ -134,4 +146,5 @@ def fit_ensemble(
         abs_return=abs_return,
         trained_until=str(matrix.loc[matrix[TARGET].notna(), "open_time"].max()),
         metrics=figures,
+        base_rate=float(train[TARGET].mean()),
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.errors import BadConfigError
 from core.settings import Settings
 from model_registry.ensemble import Ensemble
 from tasks.tracking import use_store
@@ -108,3 +109,29 @@ def load(settings: Settings, interval: str, alias: str) -> Any:
 
     use_store(settings)
     return mlflow.pyfunc.load_model(f"models:/{model_name(interval)}@{alias}")
+
+
+def load_ensemble(settings: Settings, interval: str, ref: str) -> tuple[Ensemble, str]:
+    """The :class:`Ensemble` behind an alias (champion/challenger) or a version number.
+
+    Raises:
+        BadConfigError: unknown reference, or nothing registered under it.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_store(settings)
+    name = model_name(interval)
+    client = mlflow.MlflowClient()
+    try:
+        if ref in ALIASES:
+            version = str(client.get_model_version_by_alias(name, ref).version)
+        elif ref.isdigit():
+            version = str(client.get_model_version(name, ref).version)
+        else:
+            raise BadConfigError(f"--model {ref!r}: use champion, challenger or a version number")
+    except MlflowException as exc:
+        raise BadConfigError(f"no {name} model {ref!r} in {settings.tracking_uri}; run qt retrain") from exc
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    ensemble: Ensemble = model.unwrap_python_model().ensemble
+    return ensemble, version

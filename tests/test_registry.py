@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from core.settings import load_settings
-from model_registry.ensemble import fit_ensemble
+from core.settings import Settings, load_settings
+from model_registry.ensemble import Ensemble, fit_ensemble
 from model_registry.registry import register, set_alias
 from tasks.backtest import Costs
 from tasks.features.dataset import features_from_store
@@ -20,6 +20,7 @@ from tasks.ingest.sample import sample_paths
 from tasks.models import ModelConfig
 from tasks.store import CandleStore
 from tasks.walkforward import WalkForward, walk_forward
+from tests.test_cli import qt
 from tests.test_models import TINY
 
 FRESH_PROCESS = """
@@ -40,12 +41,18 @@ print(out.to_json(orient="records"))
 """
 
 
-def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(tmp_path: Path) -> None:
-    settings = load_settings(tmp_path / "home")
+UNTIL = pd.Timestamp("2025-05-15", tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Ensemble]:
+    """A home with 3 sample pairs and an ensemble trained on data before UNTIL as champion."""
+    settings = load_settings(tmp_path_factory.mktemp("registry") / "home")
     for path in sample_paths(["BTCUSDT", "ETHUSDT", "SOLUSDT"], "1h"):
         ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
     matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
-    plan = WalkForward(pd.Timestamp("2025-04-15", tz="UTC"), pd.Timestamp("2025-06-14", tz="UTC"), folds=2)
+    matrix = matrix[matrix["open_time"] < UNTIL]
+    plan = WalkForward(UNTIL - pd.Timedelta(days=60), UNTIL, folds=2)
     names = ["xgb", "lgbm", "nhits"]
     config = ModelConfig(seed=1, device="cpu", params=TINY)
     result = walk_forward(matrix, names, config, plan)
@@ -56,6 +63,13 @@ def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(tmp
     example = matrix[matrix["symbol"] == "BTCUSDT"].tail(ensemble.history_rows + 1)
     version = register(settings, ensemble, example)
     set_alias(settings, "1h", "champion", version)
+    return settings, ensemble
+
+
+def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(
+    registered: tuple[Settings, Ensemble],
+) -> None:
+    settings, ensemble = registered
 
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(settings.home)], capture_output=True, text=True, check=False
@@ -71,3 +85,26 @@ def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(tmp
     latest = features_from_store(CandleStore(settings.store_dir), None, "1h", include_unlabeled=True)
     here = ensemble.predict(latest.groupby("symbol").tail(40))
     np.testing.assert_allclose([r["p_up"] for r in rows], here["p_up"].to_numpy(), rtol=1e-9)
+
+
+def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple[Settings, Ensemble]) -> None:
+    settings, _ = registered
+    result = qt("evaluate", "--model", "champion", "--json", home=settings.home)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model_version"] == "1" and doc["in_sample"] is False
+    assert doc["start"] >= "2025-05-15" and doc["rows"] > 2000
+    for key in ("auc", "log_loss", "log_loss_climatology", "brier", "brier_climatology", "accuracy", "ece"):
+        assert np.isfinite(doc["classification"][key])
+    assert set(doc["per_model"]) == {"xgb", "lgbm", "nhits"}
+    assert all(np.isfinite(v["auc"]) and np.isfinite(v["log_loss"]) for v in doc["per_model"].values())
+    assert set(doc["stacker_weights"]) == {"xgb", "lgbm", "nhits", "intercept"}
+    bt_keys = ("sharpe", "sortino", "max_drawdown", "total_return", "win_rate", "profit_factor", "turnover")
+    for key in (*bt_keys, "fees_paid"):
+        assert doc["backtest"][key] is not None and np.isfinite(doc["backtest"][key])
+    for name in ("buy_and_hold", "momentum_fallback"):
+        assert all(np.isfinite(doc["baselines"][name][k]) for k in ("sharpe", "total_return", "turnover"))
+    assert np.isfinite(doc["baselines"]["climatology"]["log_loss"])
+
+    missing = qt("evaluate", "--model", "challenger", "--json", home=settings.home)
+    assert missing.returncode == 2 and "run qt retrain" in missing.stdout
