@@ -85,6 +85,17 @@ def _settings(home: Path | None) -> Settings:
         raise BadConfigError(f"invalid settings (QT_* environment or .env): {err}") from err
 
 
+def _costs(settings: Settings, market: str) -> Any:
+    """Backtest costs from the settings: taker fee, slippage, funding on futures only."""
+    from tasks.backtest import Costs
+
+    return Costs(
+        fee_bps=settings.taker_fee_bps,
+        slippage_bps=settings.slippage_bps,
+        funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
+    )
+
+
 def _fail(as_json: bool, message: str, exit_code: int, partial: dict[str, Any]) -> NoReturn:
     if as_json:
         emit_json({**partial, "error": message, "exit_code": exit_code})
@@ -398,15 +409,9 @@ def walkforward(
         summary = result.summary()
         document = {**summary, "oof": str(target), "reports": result.reports, "models_run": names}
         if result.stacker is not None:
-            from tasks.backtest import Costs
             from tasks.evaluation import evaluate
 
-            costs = Costs(
-                fee_bps=settings.taker_fee_bps,
-                slippage_bps=settings.slippage_bps,
-                funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
-            )
-            evaluation = evaluate(result.oof, matrix, step, costs)
+            evaluation = evaluate(result.oof, matrix, step, _costs(settings, market))
             document["evaluation"] = evaluation.report
             bt, base = evaluation.report["backtest"], evaluation.report["baselines"]
             stderr.print(
@@ -480,7 +485,6 @@ def evaluate(
         from core.timeutil import parse_utc
         from model_registry.evaluate import evaluate_ensemble
         from model_registry.registry import load_ensemble
-        from tasks.backtest import Costs
         from tasks.features.dataset import features_from_store
         from tasks.store import CandleStore
 
@@ -489,13 +493,13 @@ def evaluate(
         check_market(market)
         ensemble, version = load_ensemble(settings, ival, model)
         matrix = features_from_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
-        costs = Costs(
-            fee_bps=settings.taker_fee_bps,
-            slippage_bps=settings.slippage_bps,
-            funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
-        )
         report = evaluate_ensemble(
-            ensemble, matrix, step, costs, parse_utc(start, "--start"), parse_utc(end, "--end")
+            ensemble,
+            matrix,
+            step,
+            _costs(settings, market),
+            parse_utc(start, "--start"),
+            parse_utc(end, "--end"),
         )
         document = {"model_version": version, **report}
         rows = [["model (stacker)", report["classification"], report["backtest"]]]
