@@ -19,7 +19,7 @@ import pandas as pd
 from core.errors import BadConfigError
 from core.settings import Settings
 from model_registry.ensemble import Ensemble
-from tasks.tracking import use_store
+from tasks.tracking import experiment_id, use_store
 
 ALIASES = ("champion", "challenger")
 
@@ -77,7 +77,10 @@ def register(settings: Settings, ensemble: Ensemble, example: pd.DataFrame, run_
         # cloudpickle: pytorch-forecasting networks keep references to locally defined
         # classes (their output namedtuple), which the standard pickler refuses.
         path.write_bytes(cloudpickle.dumps(ensemble))
-        with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run():
+        # A run of its own lives in an experiment under the home (never MLflow's Default
+        # experiment, whose artifacts would land in ./mlruns of the working directory).
+        own = experiment_id(settings, f"{name}-registrations")
+        with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(experiment_id=own):
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
                 python_model=_python_model(),

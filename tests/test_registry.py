@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,7 @@ def test_a_fresh_process_loads_the_champion_and_predicts_from_stored_candles(
     latest = features_from_store(CandleStore(settings.store_dir), None, "1h", include_unlabeled=True)
     here = ensemble.predict(latest.groupby("symbol").tail(40))
     np.testing.assert_allclose([r["p_up"] for r in rows], here["p_up"].to_numpy(), rtol=1e-9)
+    assert not (Path.cwd() / "mlruns").exists()  # every artifact stays under the home
 
 
 def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple[Settings, Ensemble]) -> None:
