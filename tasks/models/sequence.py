@@ -279,9 +279,9 @@ class SequenceModel(ProbaModel):
     def _pf_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The columns pytorch-forecasting reads (``_order`` keeps the frame's row order).
 
-        Missing targets (live rows, the pyfunc's input) are filled in :func:`_indexed`. Missing features are
-        carried forward within the symbol, then 0 (the training mean after scaling is
-        close to it).
+        Missing targets (live rows, the pyfunc's input) are filled in :func:`_indexed`.
+        Missing features are carried forward within the symbol, then 0 (the training mean
+        after scaling is close to it).
         """
         missing = [c for c in self.features if c not in frame]
         if missing:
