@@ -4,8 +4,8 @@
 latest validation window for early stopping) and takes the stacker fitted on all the
 walk-forward's out-of-fold predictions. :meth:`Ensemble.predict` turns feature rows into
 one prediction per symbol (its newest row): P(up), each model's P(up), confidence, and an
-action from the same cost-aware rule the backtest uses (without a position: BUY when the
-edge beats the round-trip cost, SELL when below minus it, else HOLD).
+action from the policy the backtest uses (:meth:`Policy.events`: BUY/SELL where it would
+open a long/short, else HOLD).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import BadDataError
-from tasks.backtest import Costs, Policy
+from tasks.backtest import Costs, Policy, edge_scales
 from tasks.models import ModelConfig, ProbaModel, get_model
 from tasks.models.base import TARGET
 from tasks.models.stacker import PREFIX, StackerModel
@@ -89,13 +89,10 @@ class Ensemble:
             p = model.predict_proba(latest, context=history if model.context_rows else None)
             per_model[f"{PREFIX}{name}"] = p.to_numpy()
         p_up = self.stacker.predict_proba(per_model).to_numpy()
-        scale = np.array(
-            [self.abs_return.get(str(s), np.mean(list(self.abs_return.values()))) for s in latest["symbol"]]
-        )
+        scale = edge_scales(self.abs_return, latest["symbol"].astype(str).tolist())
         atr = latest["atr_pct"].to_numpy() if "atr_pct" in latest else None
-        round_trip = 2 * np.asarray(self.costs.per_side(atr), dtype=np.float64) * self.policy.enter
-        edge = (2 * p_up - 1) * scale
-        action = np.where(edge > round_trip, "BUY", np.where(edge < -round_trip, "SELL", "HOLD"))
+        event = self.policy.events(p_up, scale, self.costs.per_side(atr))
+        action = np.where(event == 1.0, "BUY", np.where(event == -1.0, "SELL", "HOLD"))
         out = pd.DataFrame(
             {
                 "symbol": latest["symbol"].astype(str).to_numpy(),

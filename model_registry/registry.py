@@ -4,7 +4,8 @@ The registered model ``quantum-trader-<interval>`` holds one version per retrain
 version is a pyfunc whose input is feature rows (``symbol``, ``open_time`` as ISO
 strings, the features) and whose output is one row per symbol (``p_up``, ``confidence``,
 ``action``, each model's ``p_<name>``). Loading ``models:/quantum-trader-1h@champion`` in a
-fresh process needs nothing but the registry URI (and this package installed).
+fresh process needs nothing but the registry URI (and this package installed);
+:func:`load_ensemble` returns the :class:`Ensemble` behind an alias or version.
 """
 
 from __future__ import annotations
@@ -104,14 +105,6 @@ def set_alias(settings: Settings, interval: str, alias: str, version: str) -> No
 
     use_store(settings)
     mlflow.MlflowClient().set_registered_model_alias(model_name(interval), alias, version)
-
-
-def load(settings: Settings, interval: str, alias: str) -> Any:
-    """The pyfunc model behind ``models:/quantum-trader-<interval>@<alias>``."""
-    import mlflow
-
-    use_store(settings)
-    return mlflow.pyfunc.load_model(f"models:/{model_name(interval)}@{alias}")
 
 
 def load_ensemble(settings: Settings, interval: str, ref: str) -> tuple[Ensemble, str]:

@@ -69,17 +69,23 @@ class Policy:
     allow_short: bool = True
     size: float = 1.0
 
-    def positions(
+    def events(
         self, p_up: np.ndarray, abs_return: np.ndarray | float, cost: np.ndarray | float
     ) -> np.ndarray:
-        """Positions of one symbol's consecutive rows (starting flat)."""
+        """Per row: 1 open long, -1 open short, 0 go flat, NaN keep what is held."""
         edge = (2 * np.asarray(p_up, dtype=np.float64) - 1) * abs_return
         round_trip = 2 * np.asarray(cost, dtype=np.float64)
         event = np.full(edge.shape, np.nan)
         event[np.abs(edge) < self.exit * round_trip] = 0.0
         event[edge > self.enter * round_trip] = 1.0
         event[edge < -self.enter * round_trip] = -1.0 if self.allow_short else 0.0
-        return hold(event) * self.size
+        return event
+
+    def positions(
+        self, p_up: np.ndarray, abs_return: np.ndarray | float, cost: np.ndarray | float
+    ) -> np.ndarray:
+        """Positions of one symbol's consecutive rows (starting flat)."""
+        return hold(self.events(p_up, abs_return, cost)) * self.size
 
 
 def hold(event: np.ndarray) -> np.ndarray:
@@ -184,7 +190,8 @@ def summary(
     sd = net.std(ddof=1) if len(net) > 1 else 0.0
     downside = np.sqrt(np.mean(np.minimum(net, 0.0) ** 2)) if len(net) else 0.0
     gains, losses = trades[trades > 0].sum(), -trades[trades < 0].sum()
-    pos = np.atleast_2d(np.asarray(position, dtype=np.float64).T).T
+    pos = np.asarray(position, dtype=np.float64)
+    pos = pos[:, None] if pos.ndim == 1 else pos  # bars × symbols
     turnover = np.abs(np.diff(pos, axis=0, prepend=0.0)).sum(axis=1)
     return {
         "sharpe": float(net.mean() / sd * np.sqrt(bars_per_year)) if sd > 0 else 0.0,
@@ -269,14 +276,19 @@ def policy_positions(
     ``abs_return``: each symbol's mean absolute bar return over the training window
     (the size of the edge a correct call earns); symbols without one use the mean.
     """
-    fallback = float(np.mean(list(abs_return.values()))) if abs_return else 0.0
     out = pd.Series(0.0, index=frame.index)
     ordered = frame.assign(_p=p_up).sort_values("open_time")
     for symbol, rows in ordered.groupby("symbol"):
         atr = rows["atr_pct"].to_numpy() if "atr_pct" in rows else None
-        scale = abs_return.get(str(symbol), fallback)
+        scale = edge_scales(abs_return, [str(symbol)])[0]
         out.loc[rows.index] = policy.positions(rows["_p"].to_numpy(), scale, costs.per_side(atr))
     return out
+
+
+def edge_scales(abs_return: dict[str, float], symbols: list[str]) -> np.ndarray:
+    """Each symbol's edge scale E|r|; a symbol the training data lacked gets the mean of the others."""
+    typical = float(np.mean(list(abs_return.values()))) if abs_return else 0.0
+    return np.array([abs_return.get(s, typical) for s in symbols], dtype=np.float64)
 
 
 def baseline_positions(frame: pd.DataFrame, step: pd.Timedelta) -> dict[str, pd.Series]:

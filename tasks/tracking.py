@@ -149,8 +149,9 @@ def track_walk_forward(
             (folder / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
             result.oof.to_parquet(folder / "oof_predictions.parquet")
             mlflow.log_artifacts(str(folder))
+        per_model = result.summary()["models"]
         for name, fold_reports in result.reports.items():
-            _child(exp, name, fold_reports, result, report)
+            _child(exp, name, fold_reports, per_model.get(name, {}), report)
         return str(parent.info.run_id)
 
 
@@ -158,7 +159,7 @@ def _child(
     experiment: str,
     name: str,
     fold_reports: list[dict[str, Any]],
-    result: WalkForwardResult,
+    figures: dict[str, Any],
     report: dict[str, Any],
 ) -> None:
     import mlflow
@@ -174,7 +175,6 @@ def _child(
                 flat_params[key] = first[key]
         if flat_params:
             mlflow.log_params({k: _param(v) for k, v in flat_params.items()})
-        figures = result.summary()["models"].get(name, {})
         mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
         for fold in figures.get("per_fold", []):
             step = int(fold["fold"])

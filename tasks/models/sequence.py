@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Self
@@ -95,9 +96,9 @@ class SequenceModel(ProbaModel):
         self.calibrator = Platt()
 
     # -- the network of each family -------------------------------------------------
+    @abstractmethod
     def build(self, dataset: Any, loss: Any) -> Any:
         """The untrained pytorch-forecasting network for ``dataset``."""
-        raise NotImplementedError
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> Self:
