@@ -7,6 +7,7 @@ Heavy libraries (Prefect, Great Expectations, pandas) are imported inside the co
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
@@ -199,37 +200,12 @@ def validate(
     """Run the Great Expectations suite over stored candles; exit 2 if any check fails."""
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
-        from core.candles import count_gaps, interval_ms
-        from core.errors import BadConfigError, BadDataError
         from tasks.store import CandleStore
-        from tasks.validate import validate_stored
+        from tasks.validate import validate_store
 
-        store = CandleStore(settings.store_dir)
         ival = interval or settings.default_interval
-        chosen = _symbols(symbols) or store.symbols(ival, market)
-        if not chosen:
-            raise BadConfigError(
-                f"no stored {ival} {market} candles under {settings.store_dir}; run qt ingest first"
-            )
-        datasets: dict[str, Any] = {}
-        for symbol in chosen:
-            frame = store.read(symbol, ival, market)
-            if frame.empty:
-                raise BadConfigError(f"{symbol} {ival} {market}: nothing stored")
-            gaps, missing = count_gaps(frame.index, interval_ms(ival))
-            report = validate_stored(frame, symbol, ival, market, str(store.path(symbol, ival, market)))
-            datasets[symbol] = {
-                "rows": report.rows,
-                "success": report.success,
-                "gaps": gaps,
-                "missing_candles": missing,
-                "failures": [f.describe() for f in report.failures],
-            }
-        document = {"interval": ival, "market": market, "datasets": datasets}
-        failed = {s: d for s, d in datasets.items() if not d["success"]}
-        if failed:
-            detail = "\n".join(f"{s}: " + "; ".join(d["failures"]) for s, d in failed.items())
-            raise BadDataError(f"stored data failed validation:\n{detail}")
+        document = validate_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
+        datasets = document["datasets"]
         rows = [[s, d["rows"], "ok", d["gaps"], d["missing_candles"]] for s, d in datasets.items()]
         return document, table(
             f"Validation of stored {ival} {market} candles",
@@ -460,6 +436,95 @@ def walkforward(
 
 
 @app.command()
+def retrain(
+    symbols: SymbolsOpt = None,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    models: ModelsOpt = None,
+    profile: ProfileOpt = "fast",
+    trials: TrialsOpt = 0,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Ignore candles from this time on (a past retrain).")
+    ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="New candles first: auto (bundled sample if the store is empty), store, sample, binance.",
+        ),
+    ] = "auto",
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Walk-forward test windows.")] = 3,
+    test_days: Annotated[
+        int, typer.Option("--test-days", min=1, help="Days of walk-forward test windows before shadow.")
+    ] = 90,
+    shadow_hours: Annotated[
+        int, typer.Option("--shadow-hours", min=1, help="Newest closed candles held out for shadow.")
+    ] = 168,
+    margin: Annotated[
+        float, typer.Option("--margin", min=0, help="Log-loss gain over the champion the gate requires.")
+    ] = 0.0002,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 42,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu (neural models).")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Processes fitting models (default: cores).")
+    ] = None,
+    label_noise: Annotated[
+        float,
+        typer.Option(
+            "--label-noise",
+            min=0,
+            max=1,
+            help="Drill: shuffle this share of training labels (the gate must refuse the model).",
+        ),
+    ] = 0.0,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The training flow, ending in a recorded promotion decision.
+
+    ingest → validate → features → train → stack → evaluate → register challenger →
+    shadow → promote (through the gate). Runs on Prefect (ephemeral unless
+    PREFECT_API_URL names a server); logs one MLflow parent run with a child run per
+    model family and for the stacker.
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.errors import BadConfigError
+        from flows.training import training_flow
+        from tasks.models import parse_models
+
+        names = parse_models(models)
+        if profile not in ("fast", "full") or device not in ("auto", "cpu", "gpu"):
+            raise BadConfigError("--profile takes fast|full and --device auto|cpu|gpu")
+        if source not in ("auto", "store", "sample", "binance"):
+            raise BadConfigError(f"--source {source!r}: use auto, store, sample or binance")
+        flow: Any = training_flow
+        if workers:
+            from prefect.task_runners import ProcessPoolTaskRunner
+
+            runner: Any = ProcessPoolTaskRunner(max_workers=workers)
+            flow = training_flow.with_options(task_runner=runner)
+        with progress_bars(enabled=not as_json and stderr.is_terminal):
+            doc = flow(
+                symbols=_symbols(symbols), interval=interval or settings.default_interval, market=market,
+                models=names, profile=profile, trials=trials, until=until, source=source, folds=folds,
+                test_days=test_days, shadow_hours=shadow_hours, seed=seed, device=device, margin=margin,
+                label_noise=label_noise, home=str(settings.home),
+            )  # fmt: skip
+        verdict = "[bold green]PROMOTED[/]" if doc["promoted"] else "[bold yellow]NOT PROMOTED[/]"
+        stderr.print(f"challenger v{doc['challenger_version']}: {verdict}", highlight=False)
+        stderr.print(escape(doc["reason"]), highlight=False, soft_wrap=True)
+        stderr.print(f"MLflow run {doc['run_id']} ({settings.tracking_uri})", highlight=False)
+        rows = [
+            [c["name"], "pass" if c["passed"] else "FAIL", escape(c["detail"])] for c in doc["gate"]["checks"]
+        ]
+        title = f"Promotion gate (champion: v{doc['champion']})"
+        return doc, table(title, ["check", "result", "detail"], rows)
+
+    _run(home, as_json, command)
+
+
+@app.command()
 def evaluate(
     model: Annotated[
         str, typer.Option("--model", help="champion, challenger or a registered version number.")
@@ -527,6 +592,222 @@ def evaluate(
         )
 
     _run(home, as_json, command)
+
+
+registry_app = typer.Typer(
+    help="Inspect and move the champion / challenger aliases of the registered model.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def _history_table(events: list[dict[str, Any]]) -> Any:
+    rows = [
+        [e["seq"], e["time"][:16].replace("T", " "), e["action"], e["version"], e.get("previous") or "-",
+         e["actor"], escape(str(e.get("reason", ""))[:90])]
+        for e in events
+    ]  # fmt: skip
+    return table("History", ["#", "time (UTC)", "action", "version", "previous", "by", "reason"], rows)
+
+
+@registry_app.command("list")
+def registry_list(interval: IntervalOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Every version (newest first) with its aliases and figures, and the promotion history."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from rich.console import Group
+
+        from model_registry.registry import describe
+
+        doc = describe(settings, interval or settings.default_interval)
+        rows = [
+            [v["version"], ",".join(v["aliases"]) or "-", v["created"][:16].replace("T", " "),
+             _fmt(v["metrics"].get("oof_auc")), _fmt(v["metrics"].get("oof_log_loss"), 5),
+             _fmt(v["metrics"].get("oof_ece")), _fmt(v["metrics"].get("backtest_sharpe"), 2)]
+            for v in doc["versions"]
+        ]  # fmt: skip
+        versions = table(
+            f"{doc['name']}: champion v{doc['champion']}, challenger v{doc['challenger']}",
+            ["version", "aliases", "created (UTC)", "OOF AUC", "OOF log loss", "ECE", "Sharpe"],
+            rows,
+        )
+        return doc, Group(versions, _history_table(doc["history"]))
+
+    _run(home, as_json, command)
+
+
+@registry_app.command("show")
+def registry_show(
+    version: Annotated[str, typer.Argument(help="Version number, champion or challenger.")] = "champion",
+    interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One version: aliases, run, metrics, data range and hash, the gate's decision."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.errors import BadConfigError
+        from model_registry.registry import ALIASES, alias_version, describe_version
+
+        ival = interval or settings.default_interval
+        number = alias_version(settings, ival, version) if version in ALIASES else version
+        if number is None:
+            raise BadConfigError(f"no {version} yet; run qt retrain")
+        doc = describe_version(settings, ival, number)
+        rows = [[k, _fmt(v, 5)] for k, v in sorted(doc["metrics"].items())]
+        rows += [[k, escape(str(v))] for k, v in sorted(doc["tags"].items())]
+        title = f"version {doc['version']} ({', '.join(doc['aliases']) or 'no alias'}), run {doc['run_id']}"
+        return doc, table(title, ["field", "value"], rows)
+
+    _run(home, as_json, command)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "manual promotion",
+    interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make VERSION the champion (a person's decision; the gate is for machines)."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from model_registry.registry import promote
+
+        event = promote(settings, interval or settings.default_interval, version, "person", reason)
+        stderr.print(f"champion: v{event['previous']} → v{event['version']}", highlight=False)
+        return event, None
+
+    _run(home, as_json, command)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "",
+    interval: IntervalOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point champion back at the previous champion (repeat to walk further back)."""
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from model_registry.registry import rollback
+
+        event = rollback(settings, interval or settings.default_interval, "person", reason)
+        stderr.print(f"champion: v{event['previous']} → v{event['version']} (rolled back)", highlight=False)
+        return event, None
+
+    _run(home, as_json, command)
+
+
+@app.command()
+def ui(
+    prefect_port: Annotated[int, typer.Option("--prefect-port", help="Prefect server and UI port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="Port of the MLflow UI.")] = 5000,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the Prefect UI and the MLflow UI on localhost, print their URLs; Ctrl-C stops both.
+
+    Both read the home's state: Prefect's database (flow runs, deployments) and MLflow's
+    store (runs, plots, the registry). Export the printed PREFECT_API_URL so qt retrain
+    and qt deploy report to this server instead of an ephemeral one.
+    """
+    started: list[Any] = []
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from infra.ui import start
+
+        servers = start(settings, prefect_port, mlflow_port)
+        started.append(servers)
+        doc = {
+            "prefect_ui": servers.prefect_url,
+            "prefect_api": servers.prefect_api,
+            "mlflow_ui": servers.mlflow_url,
+        }
+        stderr.print(
+            f"Prefect UI  {servers.prefect_url}\nMLflow UI   {servers.mlflow_url}\n"
+            f"export PREFECT_API_URL={servers.prefect_api}   # flows report to this server\n"
+            "Ctrl-C stops both.",
+            highlight=False,
+        )
+        return doc, None
+
+    _run(home, as_json, command)
+    sys.stdout.flush()  # the URLs must reach a pipe before we block
+    _block_until_interrupted(started[0])
+
+
+def _block_until_interrupted(servers: Any) -> None:
+    """Keep the servers up until Ctrl-C or SIGTERM (then stop them), or until one exits."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        code = servers.wait()
+        stderr.print(f"[bold red]error[/]: a server exited with code {code}", highlight=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.stop()
+    if code:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep running and execute runs as they come due.")
+    ] = True,
+    source: Annotated[
+        str, typer.Option("--source", help="Where the scheduled retrains take new candles: store or binance.")
+    ] = "store",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register (and serve) the deployments: daily retrain at 00:00 UTC, triggered retrain.
+
+    Needs a Prefect server: run qt ui and export the PREFECT_API_URL it prints. The
+    triggered retrain has no schedule; the live side or a supervisor starts it
+    (flows.deploy.request_retrain). The live flow's deployment joins when it lands.
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        import os
+
+        from core.errors import BadConfigError
+        from flows.deploy import apply_deployments
+
+        if source not in ("store", "binance"):
+            raise BadConfigError(f"--source {source!r}: use store or binance")
+        if not os.environ.get("PREFECT_API_URL"):
+            raise BadConfigError(
+                "qt deploy needs a Prefect server (ephemeral mode forgets deployments): "
+                "run qt ui and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        found = apply_deployments(settings, source)
+        rows = [
+            [d["name"], ", ".join(f"{s['cron']} {s['timezone']}" for s in d["schedules"]) or "on demand"]
+            for d in found
+        ]
+        doc = {"deployments": found, "serving": serve}
+        return doc, table("Deployments", ["deployment", "schedule"], rows)
+
+    _run(home, as_json, command)
+    if serve:
+        from flows.deploy import serve as serve_deployments
+
+        stderr.print("serving the deployments (Ctrl-C stops)", highlight=False)
+        serve_deployments(_settings(home))
 
 
 @app.command()

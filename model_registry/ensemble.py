@@ -132,6 +132,25 @@ def fit_ensemble(
             f"ensemble: too little data before {end} for a {plan.valid_bars}-bar validation window"
         )
     models = {n: get_model(n, config).fit(train, valid) for n in names}
+    trained_until = matrix.loc[matrix[TARGET].notna(), "open_time"].max()
+    return assemble_ensemble(models, stacker, train, trained_until, interval, costs, policy, metrics)
+
+
+def assemble_ensemble(
+    models: dict[str, ProbaModel],
+    stacker: StackerModel,
+    train: pd.DataFrame,
+    trained_until: pd.Timestamp,
+    interval: str,
+    costs: Costs,
+    policy: Policy | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Ensemble:
+    """Bundle fitted base models and the OOF-fitted stacker.
+
+    ``train``: the base models' training rows (the edge scale and base rate come from
+    them); ``trained_until``: the newest open time any base model saw (validation included).
+    """
     abs_return = {str(s): float(g.abs().mean()) for s, g in train.groupby("symbol")["target_log_return"]}
     figures = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
     return Ensemble(
@@ -141,7 +160,7 @@ def fit_ensemble(
         policy=policy or Policy(),
         costs=costs,
         abs_return=abs_return,
-        trained_until=str(matrix.loc[matrix[TARGET].notna(), "open_time"].max()),
+        trained_until=str(trained_until),
         metrics=figures,
         base_rate=float(train[TARGET].mean()),
     )

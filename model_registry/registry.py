@@ -6,12 +6,19 @@ strings, the features) and whose output is one row per symbol (``p_up``, ``confi
 ``action``, each model's ``p_<name>``). Loading ``models:/quantum-trader-1h@champion`` in a
 fresh process needs nothing but the registry URI (and this package installed);
 :func:`load_ensemble` returns the :class:`Ensemble` behind an alias or version.
+
+Every move of the ``champion`` alias (the gate's promotions, a person's ``qt registry
+promote``, rollbacks) and every gate rejection is recorded as a tag ``history.NNNN`` of
+the registered model, so the history travels with the registry (and shows in the MLflow
+UI's model page). :func:`rollback` replays it to find the champion before the current one.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +64,18 @@ def _python_model() -> Any:
     return EnsembleModel()
 
 
-def register(settings: Settings, ensemble: Ensemble, example: pd.DataFrame, run_id: str | None = None) -> str:
+def register(
+    settings: Settings,
+    ensemble: Ensemble,
+    example: pd.DataFrame,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     """Log the ensemble as a pyfunc (in ``run_id``, or a new run) and register a version.
 
     ``example``: feature rows of one symbol, enough for its newest row (history included).
-    Returns the new version number; its tags carry the walk-forward metrics and range.
+    Returns the new version number; its tags carry the walk-forward metrics and range,
+    and ``tags`` (data range and hash, ...).
     """
     import cloudpickle
     import mlflow
@@ -92,9 +106,10 @@ def register(settings: Settings, ensemble: Ensemble, example: pd.DataFrame, run_
             )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    tags = {f"metric.{k}": str(v) for k, v in ensemble.metrics.items()}
-    tags.update(trained_until=ensemble.trained_until, models=",".join(ensemble.models))
-    for key, value in tags.items():
+    version_tags = {f"metric.{k}": str(v) for k, v in ensemble.metrics.items()}
+    version_tags.update(trained_until=ensemble.trained_until, models=",".join(ensemble.models))
+    version_tags.update(tags or {})
+    for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
     return version
 
@@ -131,3 +146,157 @@ def load_ensemble(settings: Settings, interval: str, ref: str) -> tuple[Ensemble
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     ensemble: Ensemble = model.unwrap_python_model().ensemble
     return ensemble, version
+
+
+# -- aliases and their history ----------------------------------------------------------
+HISTORY_PREFIX = "history."
+
+
+def _client(settings: Settings) -> Any:
+    import mlflow
+
+    use_store(settings)
+    return mlflow.MlflowClient()
+
+
+def alias_version(settings: Settings, interval: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None (also when nothing is registered yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(settings).get_model_version_by_alias(model_name(interval), alias).version)
+    except MlflowException:
+        return None
+
+
+def history(settings: Settings, interval: str) -> list[dict[str, Any]]:
+    """Promotions, rejections and rollbacks, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(settings).get_registered_model(model_name(interval))
+    except MlflowException:
+        return []
+    events = [json.loads(v) for k, v in model.tags.items() if k.startswith(HISTORY_PREFIX)]
+    return sorted(events, key=lambda e: int(e["seq"]))
+
+
+def _record(settings: Settings, interval: str, event: dict[str, Any]) -> dict[str, Any]:
+    seq = len(history(settings, interval)) + 1
+    full = {"seq": seq, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **event}
+    _client(settings).set_registered_model_tag(
+        model_name(interval), f"{HISTORY_PREFIX}{seq:04d}", json.dumps(full)
+    )
+    return full
+
+
+def _check_version(settings: Settings, interval: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(settings).get_model_version(model_name(interval), version)
+    except MlflowException as exc:
+        name = model_name(interval)
+        raise BadConfigError(f"{name} has no version {version!r}; see qt registry list") from exc
+
+
+def promote(settings: Settings, interval: str, version: str, actor: str, reason: str) -> dict[str, Any]:
+    """Make ``version`` the champion (the challenger alias leaves it); record the event.
+
+    Raises:
+        BadConfigError: no such version.
+    """
+    _check_version(settings, interval, version)
+    previous = alias_version(settings, interval, "champion")
+    client = _client(settings)
+    client.set_registered_model_alias(model_name(interval), "champion", version)
+    if alias_version(settings, interval, "challenger") == version:
+        client.delete_registered_model_alias(model_name(interval), "challenger")
+    client.set_model_version_tag(model_name(interval), version, "promoted_by", actor)
+    event = {"action": "promote", "version": version, "previous": previous, "actor": actor}
+    return _record(settings, interval, {**event, "reason": reason})
+
+
+def record_rejection(settings: Settings, interval: str, version: str, reason: str) -> dict[str, Any]:
+    """Record that the gate kept ``version`` out (the champion stays)."""
+    champion = alias_version(settings, interval, "champion")
+    event = {"action": "reject", "version": version, "previous": champion, "actor": "gate"}
+    return _record(settings, interval, {**event, "reason": reason})
+
+
+def rollback(settings: Settings, interval: str, actor: str = "person", reason: str = "") -> dict[str, Any]:
+    """Point ``champion`` back at the version that was champion before the current one.
+
+    The champion's lineage is replayed from the history (a promotion pushes a version,
+    a rollback pops one), so repeated rollbacks walk further back.
+
+    Raises:
+        BadConfigError: no earlier champion, or the alias was moved outside ``qt``.
+    """
+    lineage: list[str] = []
+    for event in history(settings, interval):
+        if event["action"] == "promote":
+            lineage.append(str(event["version"]))
+        elif event["action"] == "rollback" and lineage:
+            lineage.pop()
+    current = alias_version(settings, interval, "champion")
+    if not lineage or lineage[-1] != current:
+        raise BadConfigError(
+            f"{model_name(interval)}: the champion alias ({current}) does not match the recorded "
+            f"history ({lineage[-1] if lineage else 'no promotions'}); use qt registry promote VERSION"
+        )
+    if len(lineage) < 2:
+        raise BadConfigError(f"{model_name(interval)}: no earlier champion to roll back to")
+    target = lineage[-2]
+    _client(settings).set_registered_model_alias(model_name(interval), "champion", target)
+    event = {"action": "rollback", "version": target, "previous": current, "actor": actor}
+    return _record(settings, interval, {**event, "reason": reason or f"rolled back from {current}"})
+
+
+def describe_version(settings: Settings, interval: str, version: str) -> dict[str, Any]:
+    """One version: aliases, creation time, run, metrics and every tag (``qt registry show``)."""
+    _check_version(settings, interval, version)
+    mv = _client(settings).get_model_version(model_name(interval), version)
+    return _version_doc(mv, full=True)
+
+
+def _version_doc(mv: Any, full: bool = False) -> dict[str, Any]:
+    created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    metrics = {}
+    for key, value in mv.tags.items():
+        if key.startswith("metric."):
+            try:
+                metrics[key.removeprefix("metric.")] = float(value)
+            except ValueError:
+                continue
+    doc: dict[str, Any] = {
+        "version": str(mv.version),
+        "aliases": sorted(mv.aliases),
+        "created": created,
+        "metrics": metrics,
+    }
+    if full:
+        doc["run_id"] = mv.run_id
+        doc["source"] = mv.source
+        doc["tags"] = {k: v for k, v in mv.tags.items() if not k.startswith("metric.")}
+    return doc
+
+
+def describe(settings: Settings, interval: str) -> dict[str, Any]:
+    """``qt registry list --json``: aliases, every version (newest first) and the history."""
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(interval)
+    client = _client(settings)
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    docs = sorted((_version_doc(mv) for mv in versions), key=lambda d: -int(d["version"]))
+    return {
+        "name": name,
+        "champion": alias_version(settings, interval, "champion"),
+        "challenger": alias_version(settings, interval, "challenger"),
+        "versions": docs,
+        "history": history(settings, interval),
+    }

@@ -24,6 +24,7 @@ import pandas as pd
 from core.settings import Settings
 from tasks.evaluation import Evaluation, reliability
 from tasks.features import feature_columns
+from tasks.models.base import ProbaModel
 from tasks.models.stacker import PREFIX
 from tasks.walkforward import WalkForwardResult
 
@@ -78,6 +79,9 @@ def use_store(settings: Settings) -> None:
     import mlflow
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # The pyfunc is cloudpickled on purpose (see model_registry.registry); its advice to
+    # log models from code instead would be repeated on every registration.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -102,20 +106,29 @@ def track_walk_forward(
     params: dict[str, Any],
     interval: str,
     market: str,
+    run_name: str | None = None,
+    models: dict[str, ProbaModel] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Log a walk-forward and its evaluation to MLflow; returns the parent run id."""
+    """Log a walk-forward and its evaluation to MLflow; returns the parent run id.
+
+    ``models``: the deployable base models, each logged (pickled) in its family's child
+    run; ``tags``: extra parent-run tags (the training flow's run id, ...).
+    """
     import mlflow
 
     from tasks import plots
 
     use_store(settings)
-    symbols = sorted(matrix["symbol"].unique())
+    symbols = sorted(str(s) for s in matrix["symbol"].unique())
     exp = experiment_id(settings, experiment_name(interval, market, symbols))
     report = evaluation.report
-    with mlflow.start_run(experiment_id=exp, run_name=f"walk-forward {report['end'][:10]}") as parent:
+    name = run_name or f"walk-forward {report['end'][:10]}"
+    with mlflow.start_run(experiment_id=exp, run_name=name) as parent:
         mlflow.log_params({k: _param(v) for k, v in params.items()})
         mlflow.set_tags(
             {
+                **(tags or {}),
                 "git_commit": git_commit(),
                 "data_hash": data_hash(matrix),
                 "data_start": str(matrix["open_time"].min()),
@@ -150,9 +163,52 @@ def track_walk_forward(
             result.oof.to_parquet(folder / "oof_predictions.parquet")
             mlflow.log_artifacts(str(folder))
         per_model = result.summary()["models"]
-        for name, fold_reports in result.reports.items():
-            _child(exp, name, fold_reports, per_model.get(name, {}), report)
+        for family, fold_reports in result.reports.items():
+            model = (models or {}).get(family)
+            _child(exp, family, fold_reports, per_model.get(family, {}), report, model)
+        if result.stacker is not None:
+            _stacker_child(exp, result, per_model.get("stacker", {}))
         return str(parent.info.run_id)
+
+
+def _stacker_child(experiment: str, result: WalkForwardResult, figures: dict[str, Any]) -> None:
+    """The stacker's child run: its weights (final and per fold) and OOF figures."""
+    import mlflow
+
+    assert result.stacker is not None
+    with mlflow.start_run(experiment_id=experiment, run_name="stacker", nested=True):
+        mlflow.set_tag("family", "stacker")
+        inputs = [w for w in result.stacker.weights if w != "intercept"]
+        mlflow.log_params({"inputs": _param(inputs), "c": _param(result.stacker.report.get("c"))})
+        mlflow.log_metrics({f"weight_{k}": float(v) for k, v in result.stacker.weights.items()})
+        mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
+        for fold, weights in result.stacker_by_fold.items():
+            mlflow.log_metrics({f"fold_weight_{k}": float(v) for k, v in weights.items()}, step=fold)
+        mlflow.log_dict(
+            {"final": result.stacker.weights, "by_fold": result.stacker_by_fold}, "stacker_weights.json"
+        )
+
+
+def log_decision(
+    settings: Settings, run_id: str, version: str, shadow: dict[str, Any], decision: dict[str, Any]
+) -> None:
+    """Log the shadow comparison and the gate's decision in the training run."""
+    import mlflow
+
+    use_store(settings)
+    client = mlflow.MlflowClient()
+    for side in ("challenger", "champion"):
+        for key, value in _flat(f"shadow_{side}", shadow.get(side) or {}).items():
+            client.log_metric(run_id, key, value)
+    for key in ("rows", "ks_statistic", "ks_pvalue", "log_loss_diff", "worse_pvalue"):
+        figure = shadow.get(key)
+        if isinstance(figure, int | float) and pd.notna(figure):
+            client.log_metric(run_id, f"shadow_{key}", float(figure))
+    client.log_metric(run_id, "promoted", float(decision["promoted"]))
+    client.set_tag(run_id, "promotion.decision", "promoted" if decision["promoted"] else "rejected")
+    client.set_tag(run_id, "promotion.reason", decision["reason"][:5000])
+    client.set_tag(run_id, "registered_version", version)
+    client.log_dict(run_id, {"shadow": shadow, "gate": decision}, "promotion.json")
 
 
 def _child(
@@ -161,6 +217,7 @@ def _child(
     fold_reports: list[dict[str, Any]],
     figures: dict[str, Any],
     report: dict[str, Any],
+    model: ProbaModel | None = None,
 ) -> None:
     import mlflow
 
@@ -192,6 +249,11 @@ def _child(
                 kind = "variable-selection weight" if name == "tft" else "gain importance"
                 title = f"{name}: {kind} (last fold)"
                 plots.bar_chart(importance, folder / "feature_importance.png", title)
+            if model is not None:
+                import cloudpickle
+
+                # the deployable base model (the ensemble's copy is in the registered pyfunc)
+                (folder / f"{name}.pkl").write_bytes(cloudpickle.dumps(model))
             mlflow.log_artifacts(str(folder))
 
 

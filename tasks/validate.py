@@ -259,3 +259,41 @@ def validate_stored(
     raw["source_file"] = source
     raw["source_row"] = range(1, len(raw) + 1)
     return validate_batch(CandleBatch(symbol, interval, market, source, raw))[1]
+
+
+def validate_store(store: Any, symbols: list[str] | None, interval: str, market: str) -> dict[str, Any]:
+    """Validate every chosen stored dataset (``qt validate`` and the training flow).
+
+    Returns:
+        ``{"interval", "market", "datasets": {SYM: {"rows", "success", "gaps",
+        "missing_candles", "failures"}}}``.
+
+    Raises:
+        BadConfigError: nothing stored for the interval/market, or for a chosen symbol.
+        BadDataError: a dataset failed, naming the symbol and each failed check.
+    """
+    from core.candles import count_gaps
+    from core.errors import BadConfigError, BadDataError
+
+    chosen = symbols or store.symbols(interval, market)
+    if not chosen:
+        raise BadConfigError(f"no stored {interval} {market} candles under {store.root}; run qt ingest first")
+    datasets: dict[str, Any] = {}
+    for symbol in chosen:
+        frame = store.read(symbol, interval, market)
+        if frame.empty:
+            raise BadConfigError(f"{symbol} {interval} {market}: nothing stored; run qt ingest first")
+        gaps, missing = count_gaps(frame.index, interval_ms(interval))
+        report = validate_stored(frame, symbol, interval, market, str(store.path(symbol, interval, market)))
+        datasets[symbol] = {
+            "rows": report.rows,
+            "success": report.success,
+            "gaps": gaps,
+            "missing_candles": missing,
+            "failures": [f.describe() for f in report.failures],
+        }
+    failed = {s: d for s, d in datasets.items() if not d["success"]}
+    if failed:
+        detail = "\n".join(f"{s}: " + "; ".join(d["failures"]) for s, d in failed.items())
+        raise BadDataError(f"stored data failed validation:\n{detail}")
+    return {"interval": interval, "market": market, "datasets": datasets}

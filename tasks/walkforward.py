@@ -24,7 +24,7 @@ import pandas as pd
 from core import progress
 from core.errors import BadConfigError, BadDataError
 from tasks import metrics
-from tasks.models import ModelConfig, get_model
+from tasks.models import ModelConfig, ProbaModel, get_model
 from tasks.models.base import TARGET
 from tasks.models.stacker import PREFIX, StackerModel
 
@@ -87,15 +87,20 @@ class WalkForward:
         """The folds, oldest first (test windows aligned to the candle interval)."""
         span = (self.test_end - self.test_start) / self.folds
         edges = [(self.test_start + span * k).floor(self.step) for k in range(self.folds)] + [self.test_end]
-        out = []
-        for k in range(self.folds):
-            valid_end = edges[k] - self.step * (self.horizon + self.embargo)
-            valid_start = valid_end - self.step * self.valid_bars
-            train_end = valid_start - self.step * self.horizon
-            rolling = self.window == "rolling" and self.train_bars is not None
-            train_start = train_end - self.step * (self.train_bars or 0) if rolling else None
-            out.append(Fold(k, train_start, train_end, valid_start, valid_end, edges[k], edges[k + 1]))
-        return out
+        return [self.fold(k, edges[k], edges[k + 1]) for k in range(self.folds)]
+
+    def fold(self, number: int, test_start: pd.Timestamp, test_end: pd.Timestamp) -> Fold:
+        """The fold whose test window is ``[test_start, test_end)``, purged and embargoed.
+
+        The training flow also uses it past the last walk-forward fold: the shadow
+        window, whose fold's models become the deployable ensemble's base models.
+        """
+        valid_end = test_start - self.step * (self.horizon + self.embargo)
+        valid_start = valid_end - self.step * self.valid_bars
+        train_end = valid_start - self.step * self.horizon
+        rolling = self.window == "rolling" and self.train_bars is not None
+        train_start = train_end - self.step * (self.train_bars or 0) if rolling else None
+        return Fold(number, train_start, train_end, valid_start, valid_end, test_start, test_end)
 
     def split(self, matrix: pd.DataFrame, fold: Fold) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Train, validation and test rows of ``matrix`` for ``fold`` (each checked non-empty)."""
@@ -158,29 +163,85 @@ def walk_forward(
     config: ModelConfig,
     plan: WalkForward,
 ) -> WalkForwardResult:
-    """Fit every base model on each fold, collect OOF P(up), then walk the stacker forward."""
+    """Fit every base model on each fold, collect OOF P(up), then walk the stacker forward.
+
+    Runs in this process, one fit after another; the training flow runs the same
+    :func:`fit_fold` calls as concurrent Prefect tasks and then :func:`collect`.
+    """
     folds = plan.splits()
     total = len(folds) * len(names)
-    frames: list[pd.DataFrame] = []
-    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    done = 0
+    fits: list[FoldFit] = []
+    tests: list[pd.DataFrame] = []
     for fold in folds:
         train, valid, test = plan.split(matrix, fold)
-        out = test[["symbol", "open_time", "target_up", "target_log_return"]].assign(
-            fold=fold.number, climatology=float(train[TARGET].mean())
-        )
-        context = matrix[(matrix["open_time"] < fold.test_start) & (matrix["open_time"] >= fold.valid_start)]
+        tests.append(oof_keys(fold, train, test))
+        context = fold_context(matrix, fold)
         for name in names:
-            started = time.perf_counter()
-            model = get_model(name, replace(config, seed=config.seed + fold.number)).fit(train, valid)
-            p = model.predict_proba(test, context=context if model.context_rows else None)
-            out[f"{PREFIX}{name}"] = p.to_numpy()
-            reports[name].append(
-                {"fold": fold.number, "seconds": time.perf_counter() - started, **_jsonable(model.report)}
-            )
-            done += 1
-            progress.report("walk-forward", done, total)
+            fits.append(fit_fold(name, config, fold, train, valid, test, context))
+            progress.report("walk-forward", len(fits), total)
+    return collect(folds, tests, fits, names, config, plan)
+
+
+@dataclass
+class FoldFit:
+    """One base model fitted for one fold, and its P(up) on the fold's test rows."""
+
+    name: str
+    fold: int
+    model: ProbaModel
+    p: np.ndarray | None
+    report: dict[str, Any]
+
+
+def fold_context(matrix: pd.DataFrame, fold: Fold) -> pd.DataFrame:
+    """Rows before the test window a sequence model may read as history (valid onwards)."""
+    t = matrix["open_time"]
+    return matrix[(t < fold.test_start) & (t >= fold.valid_start)]
+
+
+def oof_keys(fold: Fold, train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
+    """The OOF table's key columns of one fold's test rows (climatology = train base rate)."""
+    return test[["symbol", "open_time", "target_up", "target_log_return"]].assign(
+        fold=fold.number, climatology=float(train[TARGET].mean())
+    )
+
+
+def fit_fold(
+    name: str,
+    config: ModelConfig,
+    fold: Fold,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame | None = None,
+    context: pd.DataFrame | None = None,
+) -> FoldFit:
+    """Fit ``name`` on the fold's train/valid rows (seed + fold number); predict ``test``."""
+    started = time.perf_counter()
+    model = get_model(name, replace(config, seed=config.seed + fold.number)).fit(train, valid)
+    p = None
+    if test is not None:
+        p = model.predict_proba(test, context=context if model.context_rows else None).to_numpy()
+    report = {"fold": fold.number, "seconds": time.perf_counter() - started, **_jsonable(model.report)}
+    return FoldFit(name, fold.number, model, p, report)
+
+
+def collect(
+    folds: list[Fold],
+    tests: list[pd.DataFrame],
+    fits: list[FoldFit],
+    names: Sequence[str],
+    config: ModelConfig,
+    plan: WalkForward,
+) -> WalkForwardResult:
+    """The OOF table from every fold's fits, and the stacker walked forward over it."""
+    by_key = {(f.name, f.fold): f for f in fits}
+    frames = []
+    for fold, keys in zip(folds, tests, strict=True):
+        out = keys.copy()
+        for name in names:
+            out[f"{PREFIX}{name}"] = by_key[(name, fold.number)].p
         frames.append(out)
+    reports = {name: [by_key[(name, fold.number)].report for fold in folds] for name in names}
     oof = pd.concat(frames, ignore_index=True)[OOF_KEYS + [f"{PREFIX}{n}" for n in names]]
     stacked, by_fold, final = stack_out_of_fold(oof, config, purge=plan.step * (plan.horizon - 1))
     oof[f"{PREFIX}stacker"] = stacked

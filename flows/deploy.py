@@ -1,0 +1,105 @@
+"""Prefect deployments of the training flow: a daily retrain and a triggered one.
+
+``daily-retrain`` runs at 00:00 UTC. ``triggered-retrain`` has no schedule: the live side
+or a model supervisor starts it (:func:`request_retrain`) when live win rate or
+calibration degrade, or after N new candles, passing the reason and any parameter
+overrides. Both run one at a time (concurrency limit 1) and point at the same home.
+The live flow's every-minute deployment joins them when the live flow lands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.settings import Settings
+
+DAILY_CRON = "0 0 * * *"
+FLOW_NAME = "training"
+DAILY = "daily-retrain"
+TRIGGERED = "triggered-retrain"
+
+
+def deployments(settings: Settings, source: str = "store") -> list[Any]:
+    """The two retrain deployments (not yet applied), parameterised with the home."""
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.training import training_flow
+
+    common: dict[str, Any] = {
+        "parameters": {"home": str(settings.home), "source": source},
+        "concurrency_limit": 1,
+        "tags": ["quantum-trader", "training"],
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
+    daily = training_flow.to_deployment(
+        name=DAILY,
+        schedules=[Cron(DAILY_CRON, timezone="UTC")],
+        description="Retrain every day at 00:00 UTC: the whole training flow, ending at the gate.",
+        **common,
+    )
+    triggered = training_flow.to_deployment(
+        name=TRIGGERED,
+        description=(
+            "Retrain on demand: started by the live side or the model supervisor (live win-rate or "
+            "calibration degradation, N new candles) with the reason as a tag."
+        ),
+        **common,
+    )
+    return [daily, triggered]
+
+
+def apply_deployments(settings: Settings, source: str = "store") -> list[dict[str, Any]]:
+    """Register both deployments with the Prefect API; returns what the API now holds."""
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    for deployment in deployments(settings, source):
+        deployment.apply()
+
+    async def read() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            out = []
+            for name in (DAILY, TRIGGERED):
+                found = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+                out.append(
+                    {
+                        "name": f"{FLOW_NAME}/{name}",
+                        "id": str(found.id),
+                        "schedules": [_schedule(s.schedule) for s in found.schedules],
+                        "parameters": found.parameters,
+                        "concurrency_limit": found.global_concurrency_limit.limit
+                        if found.global_concurrency_limit
+                        else None,
+                    }
+                )
+            return out
+
+    result = run_coro_as_sync(read())
+    assert result is not None
+    return result
+
+
+def _schedule(schedule: Any) -> dict[str, Any]:
+    cron = getattr(schedule, "cron", None)
+    return {"cron": cron, "timezone": getattr(schedule, "timezone", None), "schedule": str(schedule)}
+
+
+def request_retrain(reason: str, parameters: dict[str, Any] | None = None) -> str:
+    """Start ``triggered-retrain`` (returns the flow run id at once; a served runner runs it)."""
+    from prefect.deployments import run_deployment
+
+    run: Any = run_deployment(
+        f"{FLOW_NAME}/{TRIGGERED}",
+        parameters=parameters or {},
+        timeout=0,
+        tags=["triggered", f"reason:{reason}"[:100]],
+    )
+    return str(run.id)
+
+
+def serve(settings: Settings, source: str = "store") -> None:
+    """Register the deployments and run them here as they come due (blocks until Ctrl-C)."""
+    import prefect
+
+    prefect.serve(*deployments(settings, source))

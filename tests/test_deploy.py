@@ -1,0 +1,117 @@
+"""Deployments in the Prefect API, and ``qt ui`` serving both UIs (a real Prefect server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from core.settings import Settings
+from tests.test_cli import QT, ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_deployments_daily_and_triggered_are_in_the_prefect_api(
+    settings: Settings, prefect_harness: None
+) -> None:
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.deploy import apply_deployments, request_retrain
+
+    found = {d["name"]: d for d in apply_deployments(settings)}
+    daily, triggered = found["training/daily-retrain"], found["training/triggered-retrain"]
+    assert [(s["cron"], s["timezone"]) for s in daily["schedules"]] == [("0 0 * * *", "UTC")]
+    assert triggered["schedules"] == []
+    for d in (daily, triggered):
+        assert d["parameters"] == {"home": str(settings.home), "source": "store"}
+        assert d["concurrency_limit"] == 1
+
+    run_id = request_retrain("live win rate below 45 %", {"models": ["xgb"]})
+
+    async def read() -> tuple[str, list[str], dict[str, object]]:
+        async with get_client() as client:
+            run = await client.read_flow_run(run_id)
+            return run.state_name or "", run.tags, run.parameters
+
+    state, tags, parameters = run_coro_as_sync(read())  # type: ignore[misc]
+    assert state == "Scheduled" and "triggered" in tags
+    assert "reason:live win rate below 45 %" in tags
+    assert parameters["models"] == ["xgb"] and parameters["home"] == str(settings.home)
+
+
+def _read_json(stream: IO[str]) -> dict[str, str]:
+    """The first JSON document on a stream that stays open."""
+    text = ""
+    for line in stream:
+        text += line
+        if line.startswith("}"):
+            return dict(json.loads(text))
+    raise AssertionError(f"no JSON document before the stream closed: {text!r}")
+
+
+@pytest.mark.slow
+def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    env = {**os.environ, "QT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_HOME", None)  # the home's own Prefect database
+    ui = subprocess.Popen(
+        [*QT, "ui", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--json"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert ui.stdout is not None
+        urls = _read_json(ui.stdout)  # printed once both servers answer
+        assert urls["prefect_ui"] == f"http://127.0.0.1:{prefect_port}"
+        assert urls["mlflow_ui"] == f"http://127.0.0.1:{mlflow_port}"
+        for url in (urls["prefect_ui"], urls["mlflow_ui"]):
+            with urllib.request.urlopen(url, timeout=10) as page:
+                assert page.status == 200 and b"<html" in page.read().lower()
+
+        deploy = subprocess.run(
+            [*QT, "deploy", "--no-serve", "--json"],
+            cwd=ROOT, env={**env, "PREFECT_API_URL": urls["prefect_api"]},
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert deploy.returncode == 0, deploy.stderr[-3000:]
+        names = {d["name"] for d in json.loads(deploy.stdout)["deployments"]}
+        assert names == {"training/daily-retrain", "training/triggered-retrain"}
+        request = urllib.request.Request(
+            f"{urls['prefect_api']}/deployments/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            listed = json.loads(reply.read())
+        crons = {d["name"]: [s["schedule"].get("cron") for s in d["schedules"]] for d in listed}
+        assert crons == {"daily-retrain": ["0 0 * * *"], "triggered-retrain": []}
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        code = ui.wait(timeout=60)
+    assert code == 0
+    for port in (prefect_port, mlflow_port):  # both servers stopped with it
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_qt_deploy_without_a_server_is_refused_with_advice(tmp_path: Path) -> None:
+    env = {**os.environ, "QT_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    command = [*QT, "deploy", "--json"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "run qt ui and export PREFECT_API_URL" in json.loads(done.stdout)["error"]

@@ -1,0 +1,121 @@
+"""The training flow end to end: retrain → gate → registry history, a degraded model refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from core.settings import Settings, load_settings
+from tests.test_cli import qt
+from tests.test_models import TINY
+
+
+@pytest.fixture(scope="module")
+def first_retrain(
+    tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
+) -> tuple[Settings, dict[str, Any]]:
+    """A fresh home: the flow ingests the bundled sample itself, trains, registers, promotes."""
+    from flows.training import training_flow
+
+    settings = load_settings(tmp_path_factory.mktemp("training") / "home")
+    doc = training_flow(
+        symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+        models=["xgb", "lgbm", "nhits"],
+        model_params=TINY,
+        home=str(settings.home),
+    )
+    return settings, doc
+
+
+def test_first_retrain_is_promoted_over_the_baselines_and_fully_tracked(
+    first_retrain: tuple[Settings, dict[str, Any]],
+) -> None:
+    settings, doc = first_retrain
+    assert doc["challenger_version"] == "1" and doc["previous_champion"] is None
+    assert doc["promoted"] is True, doc["reason"]
+    assert doc["champion"] == "1" and doc["reason"].startswith("promoted over climatology and momentum")
+    checks = {c["name"]: c for c in doc["gate"]["checks"]}
+    assert set(checks) == {"log_loss_vs_climatology", "sharpe_vs_momentum", "ece", "shadow"}
+    assert checks["log_loss_vs_climatology"]["value"] < checks["log_loss_vs_climatology"]["threshold"]
+    # the shadow rows are the newest week, after everything the challenger was trained on
+    assert doc["shadow"]["rows"] == 3 * 168 and doc["shadow"]["start"] > doc["data"]["trained_until"]
+    assert set(doc["metrics"]["per_model"]) == {"xgb", "lgbm", "nhits"}
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(doc["run_id"])
+    assert parent.data.tags["promotion.decision"] == "promoted"
+    assert parent.data.tags["prefect.flow_run_id"] == doc["flow_run_id"]
+    assert {"oof_auc", "oof_log_loss", "backtest_sharpe", "buy_and_hold_sharpe", "shadow_rows"} <= set(
+        parent.data.metrics
+    )
+    artifacts = {a.path for a in client.list_artifacts(doc["run_id"])}
+    plots = {"reliability.png", "equity_vs_baselines.png", "stacker_weights.png"}
+    assert plots | {"oof_predictions.parquet", "promotion.json", "evaluation.json"} <= artifacts
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{doc['run_id']}'"
+    )
+    assert {r.data.tags["family"] for r in children} == {"xgb", "lgbm", "nhits", "stacker"}
+    xgb = next(r for r in children if r.data.tags["family"] == "xgb")
+    assert "xgb.pkl" in {a.path for a in client.list_artifacts(xgb.info.run_id)}  # the deployable base model
+
+    version = client.get_model_version("quantum-trader-1h", "1")
+    assert version.run_id == doc["run_id"] and sorted(version.aliases) == ["champion"]
+    wanted = ("data_hash", "data_start", "data_end", "metric.oof_auc", "metric.oof_log_loss", "gate.decision")
+    for tag in wanted:
+        assert version.tags.get(tag), tag
+
+
+@pytest.mark.slow
+def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(
+    first_retrain: tuple[Settings, dict[str, Any]],
+) -> None:
+    settings, _ = first_retrain
+    home = settings.home
+    degraded = qt(
+        "retrain", "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT", "--models", "xgb,lgbm", "--label-noise", "1",
+        "--json", home=home,
+    )  # fmt: skip
+    assert degraded.returncode == 0, degraded.stderr[-3000:]
+    doc = json.loads(degraded.stdout)
+    assert {"run_id", "challenger_version", "promoted", "reason", "metrics"} <= set(doc)
+    assert doc["challenger_version"] == "2" and doc["promoted"] is False
+    assert doc["previous_champion"] == "1" and doc["champion"] == "1"
+    checks = {c["name"]: c for c in doc["gate"]["checks"]}
+    assert not checks["log_loss"]["passed"]  # shuffled labels cannot beat the champion's log loss
+    assert doc["reason"].startswith("not promoted (champion v1")
+    assert doc["metrics"]["oof_auc"] < 0.53  # evaluated against the true labels
+
+    listed = json.loads(qt("registry", "list", "--json", home=home).stdout)
+    assert {"name", "champion", "challenger", "versions", "history"} <= set(listed)
+    assert (listed["champion"], listed["challenger"]) == ("1", "2")
+    assert [v["version"] for v in listed["versions"]] == ["2", "1"]
+    assert all({"version", "aliases", "created", "metrics"} <= set(v) for v in listed["versions"])
+    assert [(e["action"], e["version"], e["actor"]) for e in listed["history"]] == [
+        ("promote", "1", "gate"),
+        ("reject", "2", "gate"),
+    ]
+
+    # a person overrides the gate, then rolls back
+    promoted = qt("registry", "promote", "2", "--reason", "drill", "--json", home=home)
+    assert promoted.returncode == 0, promoted.stderr
+    assert json.loads(qt("registry", "list", "--json", home=home).stdout)["champion"] == "2"
+    rolled = qt("registry", "rollback", "--json", home=home)
+    assert rolled.returncode == 0, rolled.stderr
+    event = json.loads(rolled.stdout)
+    assert (event["action"], event["version"], event["previous"]) == ("rollback", "1", "2")
+    after = json.loads(qt("registry", "list", "--json", home=home).stdout)
+    assert after["champion"] == "1"
+    assert [e["action"] for e in after["history"]] == ["promote", "reject", "promote", "rollback"]
+    shown = json.loads(qt("registry", "show", "champion", "--json", home=home).stdout)
+    assert shown["version"] == "1" and shown["tags"]["gate.decision"] == "promoted"
+
+    # nothing earlier than v1 to roll back to; an unknown version is bad input
+    assert qt("registry", "rollback", "--json", home=home).returncode == 2
+    missing = qt("registry", "promote", "99", "--json", home=home)
+    assert missing.returncode == 2 and "no version '99'" in missing.stdout
+    assert not (Path.cwd() / "mlruns").exists()
