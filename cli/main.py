@@ -518,7 +518,7 @@ def retrain(
         rows = [
             [c["name"], "pass" if c["passed"] else "FAIL", escape(c["detail"])] for c in doc["gate"]["checks"]
         ]
-        title = f"Promotion gate (champion: v{doc['champion']})"
+        title = f"Promotion gate (champion: {_v(doc['champion'])})"
         return doc, table(title, ["check", "result", "detail"], rows)
 
     _run(home, as_json, command)
@@ -601,6 +601,10 @@ registry_app = typer.Typer(
 app.add_typer(registry_app, name="registry")
 
 
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
@@ -631,7 +635,7 @@ def registry_list(interval: IntervalOpt = None, home: HomeOpt = None, as_json: J
             for v in doc["versions"]
         ]  # fmt: skip
         versions = table(
-            f"{doc['name']}: champion v{doc['champion']}, challenger v{doc['challenger']}",
+            f"{doc['name']}: champion {_v(doc['champion'])}, challenger {_v(doc['challenger'])}",
             ["version", "aliases", "created (UTC)", "OOF AUC", "OOF log loss", "ECE", "Sharpe"],
             rows,
         )
@@ -811,36 +815,35 @@ def deploy(
 
 
 @app.command()
-def demo(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """The main job on the bundled sample: ingest (validated) → feature matrix.
+def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """The main job on the bundled sample: ingest (validated) → retrain (fast) → gate.
 
-    Training, promotion and the replayed live session join this command as they land.
+    The whole training flow of qt retrain on the five bundled pairs, ending in a recorded
+    promotion decision; then how to look at it (qt ui). The replayed live session joins
+    this command when the live flow lands.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
-        from flows.ingest import ingest_flow
-        from tasks.features import FeatureSpec, feature_columns
-        from tasks.features.dataset import features_from_store
-        from tasks.store import CandleStore, write_parquet_atomic
+        from flows.training import training_flow
+        from tasks.models import parse_models
 
+        names = parse_models(models)
         with progress_bars(enabled=not as_json and stderr.is_terminal):
-            report = ingest_flow(source="sample", home=str(settings.home))
-        matrix = features_from_store(CandleStore(settings.store_dir), None, "1h", spec=FeatureSpec())
-        out = settings.home / "features" / "sample-1h.parquet"
-        write_parquet_atomic(matrix, out)
-        up_rate = float(matrix["target_up"].mean())
-        summary = {
-            "out": str(out),
-            "rows": len(matrix),
-            "features": len(feature_columns(matrix)),
-            "target_up_rate": round(up_rate, 4),
-        }
+            doc = training_flow(source="sample", models=names, home=str(settings.home))
+        verdict = "promoted to champion" if doc["promoted"] else "not promoted"
         stderr.print(
-            f"feature matrix: {len(matrix):,} rows × {summary['features']} features "
-            f"(share of up bars {up_rate:.1%}) → {out}",
+            f"challenger v{doc['challenger_version']} {verdict}: {escape(doc['reason'])}\n"
+            f"MLflow run {doc['run_id']}. Next: qt ui (Prefect + MLflow UIs), qt registry list, "
+            "qt evaluate --model champion",
             highlight=False,
+            soft_wrap=True,
         )
-        return {"ingest": report, "features": summary, "home": str(settings.home)}, _ingest_table(report)
+        m = doc["metrics"]
+        rows = [[name, _fmt(v["auc"]), _fmt(v["log_loss"], 5)] for name, v in m["per_model"].items()]
+        rows.append(["stacker", _fmt(m["oof_auc"]), _fmt(m["oof_log_loss"], 5)])
+        rows.append(["climatology", "", _fmt(m["oof_log_loss_climatology"], 5)])
+        title = f"Walk-forward on the sample (out of fold): stacker net Sharpe {m['backtest_sharpe']:.2f}"
+        return {**doc, "home": str(settings.home)}, table(title, ["model", "AUC", "log loss"], rows)
 
     _run(home, as_json, command)
 

@@ -257,10 +257,24 @@ def describe_version(settings: Settings, interval: str, version: str) -> dict[st
     """One version: aliases, creation time, run, metrics and every tag (``qt registry show``)."""
     _check_version(settings, interval, version)
     mv = _client(settings).get_model_version(model_name(interval), version)
-    return _version_doc(mv, full=True)
+    return _version_doc(mv, _aliases(settings, interval), full=True)
 
 
-def _version_doc(mv: Any, full: bool = False) -> dict[str, Any]:
+def _aliases(settings: Settings, interval: str) -> dict[str, list[str]]:
+    """Version → its aliases (``search_model_versions`` leaves them out of its results)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(settings).get_registered_model(model_name(interval))
+    except MlflowException:
+        return {}
+    out: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
+def _version_doc(mv: Any, aliases: dict[str, list[str]], full: bool = False) -> dict[str, Any]:
     created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     metrics = {}
     for key, value in mv.tags.items():
@@ -271,7 +285,7 @@ def _version_doc(mv: Any, full: bool = False) -> dict[str, Any]:
                 continue
     doc: dict[str, Any] = {
         "version": str(mv.version),
-        "aliases": sorted(mv.aliases),
+        "aliases": sorted(aliases.get(str(mv.version), [])),
         "created": created,
         "metrics": metrics,
     }
@@ -292,7 +306,8 @@ def describe(settings: Settings, interval: str) -> dict[str, Any]:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         versions = []
-    docs = sorted((_version_doc(mv) for mv in versions), key=lambda d: -int(d["version"]))
+    aliases = _aliases(settings, interval)
+    docs = sorted((_version_doc(mv, aliases) for mv in versions), key=lambda d: -int(d["version"]))
     return {
         "name": name,
         "champion": alias_version(settings, interval, "champion"),

@@ -46,8 +46,9 @@ def equity_curves(tests: Mapping[str, BacktestResult], path: Path, highlight: st
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, result in tests.items():
-        width = 2.2 if name == highlight else 1.0
-        ax.plot(result.equity.index, result.equity.to_numpy(), linewidth=width, label=name)
+        # the product's curve in black on top, so it never blends with a single model's colour
+        style = {"linewidth": 2.4, "color": "black", "zorder": 5} if name == highlight else {"linewidth": 1.0}
+        ax.plot(result.equity.index, result.equity.to_numpy(), label=name, **style)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_ylabel("equity (start = 1), net of fees, slippage, funding")
     ax.set_title("Walk-forward test windows: equity vs baselines")

@@ -99,14 +99,14 @@ def test_acceptance_shared_btc_file_36760_rows_5_gaps(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_ingests_the_sample_and_writes_the_feature_matrix(tmp_path: Path) -> None:
-    result = qt("demo", "--json", home=tmp_path)
+def test_demo_ingests_the_sample_retrains_and_reaches_a_decision(tmp_path: Path) -> None:
+    result = qt("demo", "--models", "xgb,lgbm", "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert sorted(doc["ingest"]["symbols"]) == ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
-    matrix = pd.read_parquet(doc["features"]["out"])
-    assert len(matrix) == doc["features"]["rows"] > 40_000
-    assert 0.45 < doc["features"]["target_up_rate"] < 0.55
+    assert doc["data"]["symbols"] == ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    assert doc["challenger_version"] == "1" and isinstance(doc["promoted"], bool) and doc["reason"]
+    assert set(doc["metrics"]["per_model"]) == {"xgb", "lgbm"}
+    assert doc["data"]["end"].startswith("2025-06-14 22:00")  # the sample's newest labelled bar
 
 
 def test_invalid_settings_and_paths_are_bad_input_with_one_json_document(tmp_path: Path) -> None:

@@ -93,7 +93,8 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(
     listed = json.loads(qt("registry", "list", "--json", home=home).stdout)
     assert {"name", "champion", "challenger", "versions", "history"} <= set(listed)
     assert (listed["champion"], listed["challenger"]) == ("1", "2")
-    assert [v["version"] for v in listed["versions"]] == ["2", "1"]
+    versions = [(v["version"], v["aliases"]) for v in listed["versions"]]
+    assert versions == [("2", ["challenger"]), ("1", ["champion"])]
     assert all({"version", "aliases", "created", "metrics"} <= set(v) for v in listed["versions"])
     assert [(e["action"], e["version"], e["actor"]) for e in listed["history"]] == [
         ("promote", "1", "gate"),
