@@ -87,14 +87,10 @@ def _settings(home: Path | None) -> Settings:
 
 
 def _costs(settings: Settings, market: str) -> Any:
-    """Backtest costs from the settings: taker fee, slippage, funding on futures only."""
+    """Backtest costs from the settings (see ``Costs.from_settings``)."""
     from tasks.backtest import Costs
 
-    return Costs(
-        fee_bps=settings.taker_fee_bps,
-        slippage_bps=settings.slippage_bps,
-        funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
-    )
+    return Costs.from_settings(settings, market)
 
 
 def _fail(as_json: bool, message: str, exit_code: int, partial: dict[str, Any]) -> NoReturn:
@@ -361,15 +357,8 @@ def walkforward(
             raise BadConfigError("--window takes expanding|rolling and --device auto|cpu|gpu")
         matrix = features_from_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
         end = parse_utc(until, "--until") or (matrix["open_time"].max() + step)
-        plan = WalkForward(
-            test_start=(end - pd.Timedelta(days=test_days)).ceil(step),
-            test_end=end,
-            folds=folds,
-            step=step,
-            valid_bars=int(pd.Timedelta(days=valid_days) / step),
-            embargo=embargo,
-            window=cast(Any, window),
-            train_bars=int(pd.Timedelta(days=train_days) / step) if train_days else None,
+        plan = WalkForward.before(
+            end, test_days, folds, step, valid_days, embargo, cast(Any, window), train_days
         )
         config = ModelConfig(
             profile=cast(Any, profile),

@@ -289,14 +289,14 @@ def _champion(settings: Settings, interval: str) -> tuple[Ensemble | None, str |
     """The current champion, its version and its walk-forward OOF table (if it has one)."""
     import mlflow
 
-    from model_registry.registry import alias_version, load_ensemble
+    from model_registry.registry import alias_version, load_ensemble, model_name
 
     version = alias_version(settings, interval, "champion")
     if version is None:
         return None, None, None
     ensemble, _ = load_ensemble(settings, interval, version)
     client = mlflow.MlflowClient()
-    run_id = client.get_model_version(f"quantum-trader-{interval}", version).run_id
+    run_id = client.get_model_version(model_name(interval), version).run_id
     oof = None
     if run_id:
         with tempfile.TemporaryDirectory() as tmp:
@@ -405,14 +405,7 @@ def training_flow(
 
     end = labelled["open_time"].max() + step
     shadow_start = end - step * shadow_hours
-    plan = WalkForward(
-        test_start=(shadow_start - pd.Timedelta(days=test_days)).ceil(step),
-        test_end=shadow_start,
-        folds=folds,
-        step=step,
-        valid_bars=int(pd.Timedelta(days=valid_days) / step),
-        embargo=embargo,
-    )
+    plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
     pool = cast(Any, training_flow.task_runner)
     config = ModelConfig(
         profile=profile,
@@ -448,11 +441,7 @@ def training_flow(
     result = stack_task(wf_folds, tests, fits, names, config, plan)
     if label_noise:
         result.oof = _true_labels(result.oof, labelled)
-    costs = Costs(
-        fee_bps=settings.taker_fee_bps,
-        slippage_bps=settings.slippage_bps,
-        funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
-    )
+    costs = Costs.from_settings(settings, market)
     evaluation = evaluate_task(result.oof, matrix, step, costs)
     metrics = _summary_metrics(evaluation, result)
     assert result.stacker is not None

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.settings import Settings
+
 
 @dataclass(frozen=True)
 class Costs:
@@ -44,6 +46,15 @@ class Costs:
     slippage_atr: float = 0.0
     funding_rate: float = 0.0
     funding_hours: int = 8
+
+    @classmethod
+    def from_settings(cls, settings: Settings, market: str) -> Costs:
+        """The configured costs: taker fee, slippage, and funding on futures only."""
+        return cls(
+            fee_bps=settings.taker_fee_bps,
+            slippage_bps=settings.slippage_bps,
+            funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
+        )
 
     def per_side(self, atr_pct: np.ndarray | None = None) -> np.ndarray | float:
         """Cost per unit of traded notional (array when ATR-proportional slippage is on)."""

@@ -75,6 +75,30 @@ class WalkForward:
     window: Literal["expanding", "rolling"] = "expanding"
     train_bars: int | None = None
 
+    @classmethod
+    def before(
+        cls,
+        end: pd.Timestamp,
+        test_days: float,
+        folds: int,
+        step: pd.Timedelta = ONE_HOUR,
+        valid_days: float = 30,
+        embargo: int = 24,
+        window: Literal["expanding", "rolling"] = "expanding",
+        train_days: float | None = None,
+    ) -> WalkForward:
+        """``folds`` test windows covering the ``test_days`` before ``end`` (lengths in days)."""
+        return cls(
+            test_start=(end - pd.Timedelta(days=test_days)).ceil(step),
+            test_end=end,
+            folds=folds,
+            step=step,
+            valid_bars=int(pd.Timedelta(days=valid_days) / step),
+            embargo=embargo,
+            window=window,
+            train_bars=int(pd.Timedelta(days=train_days) / step) if train_days else None,
+        )
+
     def __post_init__(self) -> None:
         if self.folds < 1 or self.valid_bars < 1 or self.horizon < 1 or self.embargo < 0:
             raise BadConfigError("walk-forward needs folds, valid_bars, horizon >= 1 and embargo >= 0")

@@ -167,9 +167,12 @@ def test_qt_walkforward_prints_oof_metrics_per_model_and_the_stacker(tmp_path: P
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert {r.info.run_name for r in children} == {"xgb", "lgbm"}
+    assert {r.info.run_name for r in children} == {"xgb", "lgbm", "stacker"}
     for child in children:
-        assert "feature_importance.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        wanted = "stacker_weights.json" if child.info.run_name == "stacker" else "feature_importance.png"
+        assert wanted in {a.path for a in client.list_artifacts(child.info.run_id)}
+    stacker = next(r for r in children if r.info.run_name == "stacker")
+    assert {"weight_xgb", "weight_lgbm", "oof_auc"} <= set(stacker.data.metrics)
     assert not (Path.cwd() / "mlruns").exists()  # nothing written outside the home
 
     bad = qt("walkforward", "--models", "xgb,prophet", "--json", home=settings.home)
