@@ -220,7 +220,7 @@ def promote_task(
         registry.promote(settings, interval, version, "gate", decision["reason"])
     else:
         registry.record_rejection(settings, interval, version, decision["reason"])
-    log_decision(settings, run_id, version, shadow_report, decision)
+    log_decision(settings, run_id, version, shadow_report, decision, shadow_table)
     import mlflow
 
     use_store(settings)
@@ -397,9 +397,11 @@ def training_flow(
         ingest_flow(source=chosen, symbols=symbols, interval=interval, market=market, home=str(settings.home))
     validate_task(settings, symbols, interval, market)
     matrix = features_task(settings, symbols, interval, market)
-    if until:
-        matrix = matrix[matrix["open_time"] < parse_utc(until, "--until")]
     labelled = matrix[matrix[TARGET].notna()]
+    cut = parse_utc(until, "--until")
+    if cut is not None:  # candles from `until` on do not exist for this run, nor labels needing them
+        matrix = matrix[matrix["open_time"] < cut]
+        labelled = labelled[labelled["open_time"] < cut - step]
     if labelled.empty:
         raise BadConfigError(f"no labelled {interval} rows before {until}")
 

@@ -190,13 +190,23 @@ def _stacker_child(experiment: str, result: WalkForwardResult, figures: dict[str
 
 
 def log_decision(
-    settings: Settings, run_id: str, version: str, shadow: dict[str, Any], decision: dict[str, Any]
+    settings: Settings,
+    run_id: str,
+    version: str,
+    shadow: dict[str, Any],
+    decision: dict[str, Any],
+    shadow_rows: pd.DataFrame | None = None,
 ) -> None:
-    """Log the shadow comparison and the gate's decision in the training run."""
+    """Log the shadow comparison (and its rows: both models' P(up) side by side) and the decision."""
     import mlflow
 
     use_store(settings)
     client = mlflow.MlflowClient()
+    if shadow_rows is not None and not shadow_rows.empty:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "shadow_predictions.parquet"
+            shadow_rows.to_parquet(path)
+            client.log_artifact(run_id, str(path))
     for side in ("challenger", "champion"):
         for key, value in _flat(f"shadow_{side}", shadow.get(side) or {}).items():
             client.log_metric(run_id, key, value)

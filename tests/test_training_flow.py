@@ -55,7 +55,10 @@ def test_first_retrain_is_promoted_over_the_baselines_and_fully_tracked(
     )
     artifacts = {a.path for a in client.list_artifacts(doc["run_id"])}
     plots = {"reliability.png", "equity_vs_baselines.png", "stacker_weights.png"}
-    assert plots | {"oof_predictions.parquet", "promotion.json", "evaluation.json"} <= artifacts
+    assert (
+        plots | {"oof_predictions.parquet", "promotion.json", "evaluation.json", "shadow_predictions.parquet"}
+        <= artifacts
+    )
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{doc['run_id']}'"
     )
