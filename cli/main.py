@@ -831,8 +831,13 @@ def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = Fals
         rows = [[name, _fmt(v["auc"]), _fmt(v["log_loss"], 5)] for name, v in m["per_model"].items()]
         rows.append(["stacker", _fmt(m["oof_auc"]), _fmt(m["oof_log_loss"], 5)])
         rows.append(["climatology", "", _fmt(m["oof_log_loss_climatology"], 5)])
-        title = f"Walk-forward on the sample (out of fold): stacker net Sharpe {m['backtest_sharpe']:.2f}"
-        return {**doc, "home": str(settings.home)}, table(title, ["model", "AUC", "log loss"], rows)
+        stderr.print(
+            f"stacker net Sharpe {m['backtest_sharpe']:.2f} (buy-and-hold {m['buy_and_hold_sharpe']:.2f}, "
+            f"momentum fallback {m['momentum_fallback_sharpe']:.2f}) on the same rows",
+            highlight=False,
+        )
+        doc = {**doc, "home": str(settings.home)}
+        return doc, table("Walk-forward, out of fold", ["model", "AUC", "log loss"], rows)
 
     _run(home, as_json, command)
 
