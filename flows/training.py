@@ -397,11 +397,11 @@ def training_flow(
         ingest_flow(source=chosen, symbols=symbols, interval=interval, market=market, home=str(settings.home))
     validate_task(settings, symbols, interval, market)
     matrix = features_task(settings, symbols, interval, market)
-    labelled = matrix[matrix[TARGET].notna()]
     cut = parse_utc(until, "--until")
     if cut is not None:  # candles from `until` on do not exist for this run, nor labels needing them
-        matrix = matrix[matrix["open_time"] < cut]
-        labelled = labelled[labelled["open_time"] < cut - step]
+        matrix = matrix[matrix["open_time"] < cut].copy()
+        matrix.loc[matrix["open_time"] >= cut - step, TARGETS] = np.nan
+    labelled = matrix[matrix[TARGET].notna()]
     if labelled.empty:
         raise BadConfigError(f"no labelled {interval} rows before {until}")
 

@@ -101,21 +101,21 @@ def shadow(
     """
     from scipy import stats
 
-    trained = [pd.Timestamp(challenger.trained_until)]
+    seen = pd.Timestamp(challenger.trained_until)
     if champion is not None:
-        trained.append(pd.Timestamp(champion.trained_until))
-    first = max([start, *(t + pd.Timedelta(1, "ns") for t in trained)])
-    labelled = matrix[matrix["target_up"].notna()]
-    rows = labelled[labelled["open_time"] >= first]
-    history = matrix[matrix["open_time"] < first]
+        seen = max(seen, pd.Timestamp(champion.trained_until))
+    t = matrix["open_time"]
+    rows = matrix[(t >= start) & (t > seen) & matrix["target_up"].notna()]
     table = rows[["symbol", "open_time", "target_up", "target_log_return"]].assign(
         fold=0, climatology=challenger.base_rate
     )
-    report: dict[str, Any] = {"rows": len(rows), "start": str(first), "end": None, "reference": "climatology"}
+    report: dict[str, Any] = {"rows": len(rows), "start": None, "end": None, "reference": "climatology"}
+    report["trained_until"] = str(seen)  # the newest bar either model was trained on
     if rows.empty:
         report.update(conclusive=False, significantly_worse=False)
         return report, table
-    report["end"] = str(rows["open_time"].max())
+    report.update(start=str(rows["open_time"].min()), end=str(rows["open_time"].max()))
+    history = matrix[t < rows["open_time"].min()]
     table["p_challenger"] = challenger.predict_rows(rows, history)[f"{PREFIX}stacker"].to_numpy()
     y = table["target_up"].to_numpy(dtype=np.float64)
     p_new = table["p_challenger"].to_numpy()
