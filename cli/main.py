@@ -478,11 +478,15 @@ def retrain(
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.candles import check_market
         from core.errors import BadConfigError
+        from core.timeutil import parse_utc
         from flows.training import training_flow
         from tasks.models import parse_models
 
         names = parse_models(models)
+        check_market(market)
+        parse_utc(until, "--until")
         if profile not in ("fast", "full") or device not in ("auto", "cpu", "gpu"):
             raise BadConfigError("--profile takes fast|full and --device auto|cpu|gpu")
         if source not in ("auto", "store", "sample", "binance"):
@@ -545,7 +549,7 @@ def evaluate(
         ival = interval or settings.default_interval
         step = pd.Timedelta(milliseconds=interval_ms(ival))
         check_market(market)
-        ensemble, version = load_ensemble(settings, ival, model)
+        ensemble, version = load_ensemble(settings, ival, model, market=market)
         matrix = features_from_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
         report = evaluate_ensemble(
             ensemble,
@@ -608,7 +612,9 @@ def _history_table(events: list[dict[str, Any]]) -> Any:
 
 
 @registry_app.command("list")
-def registry_list(interval: IntervalOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+def registry_list(
+    interval: IntervalOpt = None, market: MarketOpt = "spot", home: HomeOpt = None, as_json: JsonOpt = False
+) -> None:
     """Every version (newest first) with its aliases and figures, and the promotion history."""
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
@@ -616,7 +622,7 @@ def registry_list(interval: IntervalOpt = None, home: HomeOpt = None, as_json: J
 
         from model_registry.registry import describe
 
-        doc = describe(settings, interval or settings.default_interval)
+        doc = describe(settings, interval or settings.default_interval, market=market)
         rows = [
             [v["version"], ",".join(v["aliases"]) or "-", v["created"][:16].replace("T", " "),
              _fmt(v["metrics"].get("oof_auc")), _fmt(v["metrics"].get("oof_log_loss"), 5),
@@ -637,6 +643,7 @@ def registry_list(interval: IntervalOpt = None, home: HomeOpt = None, as_json: J
 def registry_show(
     version: Annotated[str, typer.Argument(help="Version number, champion or challenger.")] = "champion",
     interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -647,10 +654,10 @@ def registry_show(
         from model_registry.registry import ALIASES, alias_version, describe_version
 
         ival = interval or settings.default_interval
-        number = alias_version(settings, ival, version) if version in ALIASES else version
+        number = alias_version(settings, ival, version, market=market) if version in ALIASES else version
         if number is None:
             raise BadConfigError(f"no {version} yet; run qt retrain")
-        doc = describe_version(settings, ival, number)
+        doc = describe_version(settings, ival, number, market=market)
         rows = [[k, _fmt(v, 5)] for k, v in sorted(doc["metrics"].items())]
         rows += [[k, escape(str(v))] for k, v in sorted(doc["tags"].items())]
         title = f"version {doc['version']} ({', '.join(doc['aliases']) or 'no alias'}), run {doc['run_id']}"
@@ -664,6 +671,7 @@ def registry_promote(
     version: Annotated[str, typer.Argument(help="The version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "manual promotion",
     interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -672,8 +680,9 @@ def registry_promote(
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from model_registry.registry import promote
 
-        event = promote(settings, interval or settings.default_interval, version, "person", reason)
-        stderr.print(f"champion: v{event['previous']} → v{event['version']}", highlight=False)
+        ival = interval or settings.default_interval
+        event = promote(settings, ival, version, "person", reason, market=market)
+        stderr.print(f"champion: {_v(event['previous'])} → v{event['version']}", highlight=False)
         return event, None
 
     _run(home, as_json, command)
@@ -683,6 +692,7 @@ def registry_promote(
 def registry_rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "",
     interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -691,7 +701,7 @@ def registry_rollback(
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from model_registry.registry import rollback
 
-        event = rollback(settings, interval or settings.default_interval, "person", reason)
+        event = rollback(settings, interval or settings.default_interval, "person", reason, market=market)
         stderr.print(f"champion: v{event['previous']} → v{event['version']} (rolled back)", highlight=False)
         return event, None
 
@@ -800,7 +810,7 @@ def deploy(
         from flows.deploy import serve as serve_deployments
 
         stderr.print("serving the deployments (Ctrl-C stops)", highlight=False)
-        serve_deployments(_settings(home))
+        serve_deployments(_settings(home), source)
 
 
 @app.command()

@@ -67,6 +67,16 @@ def workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+def _threads_per_fit() -> int:
+    """Threads each fit may use: the cores shared among this flow run's worker processes."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    processes = getattr(runner, "_max_workers", None) or workers()  # ProcessPoolTaskRunner's size
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 # -- tasks ------------------------------------------------------------------------------
 @task(name="validate", cache_policy=NO_CACHE)
 def validate_task(
@@ -180,7 +190,7 @@ def register_task(
         "training_run_id": run_id,
     }
     version = register(settings, ensemble, example, run_id=run_id, tags=tags)
-    set_alias(settings, ensemble.interval, "challenger", version)
+    set_alias(settings, ensemble.interval, "challenger", version, market=ensemble.market)
     return run_id, version
 
 
@@ -200,6 +210,7 @@ def shadow_task(
 def promote_task(
     settings: Settings,
     interval: str,
+    market: str,
     version: str,
     run_id: str,
     shared: pd.DataFrame,
@@ -217,15 +228,15 @@ def promote_task(
 
     decision = decide(shared, shadow_report, shadow_table, matrix, step, costs, gate, champion).to_json()
     if decision["promoted"]:
-        registry.promote(settings, interval, version, "gate", decision["reason"])
+        registry.promote(settings, interval, version, "gate", decision["reason"], market=market)
     else:
-        registry.record_rejection(settings, interval, version, decision["reason"])
+        registry.record_rejection(settings, interval, version, decision["reason"], market=market)
     log_decision(settings, run_id, version, shadow_report, decision, shadow_table)
     import mlflow
 
     use_store(settings)
     client = mlflow.MlflowClient()
-    name = registry.model_name(interval)
+    name = registry.model_name(interval, market)
     verdict = "promoted" if decision["promoted"] else "rejected"
     client.set_model_version_tag(name, version, "gate.decision", verdict)
     client.set_model_version_tag(name, version, "gate.reason", decision["reason"][:5000])
@@ -267,14 +278,15 @@ def with_label_noise(matrix: pd.DataFrame, fraction: float, seed: int) -> pd.Dat
         raise BadConfigError(f"label_noise {fraction}: use a fraction in [0, 1]")
     out = matrix.copy()
     rng = np.random.default_rng(seed)
-    labelled = np.flatnonzero(out[TARGET].notna().to_numpy())
-    chosen = rng.choice(labelled, size=round(fraction * len(labelled)), replace=False)
-    shuffled = rng.permutation(chosen)
-    for col in TARGETS:  # direction and return move together
-        values = out[col].to_numpy(copy=True)
-        values[chosen] = values[shuffled]
-        out[col] = values
-    return out
+    values = {col: out[col].to_numpy(copy=True) for col in TARGETS}
+    labelled = out[TARGET].notna().to_numpy()
+    for positions in out.groupby("symbol", observed=True).indices.values():  # within each symbol
+        rows = np.asarray(positions)[labelled[positions]]
+        chosen = rng.choice(rows, size=round(fraction * len(rows)), replace=False)
+        shuffled = rng.permutation(chosen)
+        for col in TARGETS:  # direction and return move together
+            values[col][chosen] = values[col][shuffled]
+    return out.assign(**values)
 
 
 def _true_labels(oof: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
@@ -285,18 +297,20 @@ def _true_labels(oof: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFrame:
     return merged[oof.columns]
 
 
-def _champion(settings: Settings, interval: str) -> tuple[Ensemble | None, str | None, pd.DataFrame | None]:
+def _champion(
+    settings: Settings, interval: str, market: str
+) -> tuple[Ensemble | None, str | None, pd.DataFrame | None]:
     """The current champion, its version and its walk-forward OOF table (if it has one)."""
     import mlflow
 
     from model_registry.registry import alias_version, load_ensemble, model_name
 
-    version = alias_version(settings, interval, "champion")
+    version = alias_version(settings, interval, "champion", market=market)
     if version is None:
         return None, None, None
-    ensemble, _ = load_ensemble(settings, interval, version)
+    ensemble, _ = load_ensemble(settings, interval, version, market=market)
     client = mlflow.MlflowClient()
-    run_id = client.get_model_version(model_name(interval), version).run_id
+    run_id = client.get_model_version(model_name(interval, market), version).run_id
     oof = None
     if run_id:
         with tempfile.TemporaryDirectory() as tmp:
@@ -388,6 +402,7 @@ def training_flow(
     settings = load_settings(Path(home) if home else None)
     check_market(market)
     step = pd.Timedelta(milliseconds=interval_ms(interval))
+    cut = parse_utc(until, "--until")  # bad input fails before any download or fit
     names = parse_models(",".join(models) if models else None)
     if folds < 2:
         raise BadConfigError("--folds must be at least 2: the stacker learns from earlier folds' OOF rows")
@@ -397,25 +412,23 @@ def training_flow(
         ingest_flow(source=chosen, symbols=symbols, interval=interval, market=market, home=str(settings.home))
     validate_task(settings, symbols, interval, market)
     matrix = features_task(settings, symbols, interval, market)
-    cut = parse_utc(until, "--until")
     if cut is not None:  # candles from `until` on do not exist for this run, nor labels needing them
         matrix = matrix[matrix["open_time"] < cut].copy()
         matrix.loc[matrix["open_time"] >= cut - step, TARGETS] = np.nan
     labelled = matrix[matrix[TARGET].notna()]
     if labelled.empty:
-        raise BadConfigError(f"no labelled {interval} rows before {until}")
+        raise BadConfigError(f"no labelled {interval} {market} rows" + (f" before {until}" if until else ""))
 
     end = labelled["open_time"].max() + step
-    shadow_start = end - step * shadow_hours
+    shadow_start = (end - pd.Timedelta(hours=shadow_hours)).ceil(step)
     plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
-    pool = cast(Any, training_flow.task_runner)
     config = ModelConfig(
         profile=profile,
         seed=seed,
         device=device,
         trials=trials,
         study_dir=settings.home / "optuna",
-        n_jobs=max(1, (os.cpu_count() or 1) // max(1, getattr(pool, "_max_workers", None) or workers())),
+        n_jobs=_threads_per_fit(),
         progress=False,
         params=model_params or {},
     )
@@ -447,14 +460,17 @@ def training_flow(
     evaluation = evaluate_task(result.oof, matrix, step, costs)
     metrics = _summary_metrics(evaluation, result)
     assert result.stacker is not None
+    # the base models saw rows up to their validation window; the stacker, OOF rows up to
+    # the shadow window: the ensemble has seen everything before shadow_start
     ensemble = assemble_ensemble(
         final_models,
         result.stacker,
         final_train,
-        final.valid_end - step,
+        shadow_start - step,
         interval,
         costs,
         metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        market=market,
     )
 
     # register challenger → shadow → promote
@@ -467,7 +483,7 @@ def training_flow(
     }  # fmt: skip
     first_symbol = str(sorted(matrix["symbol"].astype(str).unique())[0])
     example = matrix[(matrix["symbol"] == first_symbol) & (matrix["open_time"] < shadow_start)]
-    champion, champion_version, champion_oof = _champion(settings, interval)
+    champion, champion_version, champion_oof = _champion(settings, interval, market)
     run_id, version = register_task(
         settings, ensemble, result, evaluation, matrix, params, example.tail(ensemble.history_rows + 1)
     )
@@ -475,8 +491,8 @@ def training_flow(
     shadow_report, shadow_table = shadow_task(ensemble, champion, matrix, shadow_start, gate)
     shared = shared_rows(result.oof, champion_oof)
     decision = promote_task(
-        settings, interval, version, run_id, shared, shadow_report, shadow_table, matrix, step, costs, gate,
-        champion_version,
+        settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix, step, costs,
+        gate, champion_version,
     )  # fmt: skip
     return {
         "run_id": run_id,

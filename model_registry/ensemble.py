@@ -35,8 +35,10 @@ class Ensemble:
         policy: the P(up) → position rule.
         costs: the costs the policy weighs edges against.
         abs_return: symbol → mean absolute bar return of the training data (edge scale).
-        trained_until: last open time the base models saw.
+        trained_until: last open time the ensemble saw (base models and stacker).
         metrics: the walk-forward figures this ensemble was chosen on.
+        base_rate: share of up bars in the base models' training rows.
+        market: spot or futures (a registered model per interval and market).
     """
 
     interval: str
@@ -48,6 +50,7 @@ class Ensemble:
     trained_until: str
     metrics: dict[str, float] = field(default_factory=dict)
     base_rate: float = 0.5
+    market: str = "spot"
 
     @property
     def history_rows(self) -> int:
@@ -145,6 +148,7 @@ def assemble_ensemble(
     costs: Costs,
     policy: Policy | None = None,
     metrics: dict[str, Any] | None = None,
+    market: str = "spot",
 ) -> Ensemble:
     """Bundle fitted base models and the OOF-fitted stacker.
 
@@ -163,4 +167,5 @@ def assemble_ensemble(
         trained_until=str(trained_until),
         metrics=figures,
         base_rate=float(train[TARGET].mean()),
+        market=market,
     )

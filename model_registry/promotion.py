@@ -173,8 +173,10 @@ def decide(
 ) -> Decision:
     """The gate's decision for a challenger (``champion``: the champion's version, or None)."""
     rows, where = shared, "walk-forward OOF rows"
-    if champion is not None and len(shared) < config.min_rows:
+    if champion is not None and (len(shared) < config.min_rows or "p_champion" not in shared):
         rows, where = shadow_table, "shadow rows (too few OOF rows shared with the champion)"
+    if champion is not None and "p_champion" not in rows:
+        return Decision(False, f"not promoted: no rows the champion v{champion} also predicted", "none", 0)
     if len(rows) < 2 or "p_challenger" not in rows:
         return Decision(False, f"not promoted: no rows to compare on ({where})", "none", len(rows))
     report = evaluate(rows, matrix, step, costs, model="challenger").report

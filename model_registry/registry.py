@@ -8,7 +8,7 @@ fresh process needs nothing but the registry URI (and this package installed);
 :func:`load_ensemble` returns the :class:`Ensemble` behind an alias or version.
 
 Every move of the ``champion`` alias (the gate's promotions, a person's ``qt registry
-promote``, rollbacks) and every gate rejection is recorded as a tag ``history.NNNN`` of
+promote``, rollbacks) and every gate rejection is recorded as a tag ``history.<time>-<id>`` (JSON) of
 the registered model, so the history travels with the registry (and shows in the MLflow
 UI's model page). :func:`rollback` replays it to find the champion before the current one.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pickle
 import tempfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,9 @@ from tasks.tracking import experiment_id, use_store
 ALIASES = ("champion", "challenger")
 
 
-def model_name(interval: str) -> str:
-    """The registered model's name for an interval."""
-    return f"quantum-trader-{interval}"
+def model_name(interval: str, market: str = "spot") -> str:
+    """The registered model's name: ``quantum-trader-<interval>`` (spot), ``…-<interval>-futures``."""
+    return f"quantum-trader-{interval}" + ("" if market == "spot" else f"-{market}")
 
 
 def to_pyfunc_input(frame: pd.DataFrame) -> pd.DataFrame:
@@ -82,7 +83,7 @@ def register(
     from mlflow.models import infer_signature
 
     use_store(settings)
-    name = model_name(ensemble.interval)
+    name = model_name(ensemble.interval, ensemble.market)
     model_input = to_pyfunc_input(example)
     model_output = ensemble.predict(example.assign(open_time=pd.to_datetime(example["open_time"], utc=True)))
     model_output["open_time"] = model_output["open_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -114,15 +115,17 @@ def register(
     return version
 
 
-def set_alias(settings: Settings, interval: str, alias: str, version: str) -> None:
+def set_alias(settings: Settings, interval: str, alias: str, version: str, *, market: str = "spot") -> None:
     """Point ``alias`` (champion/challenger) at ``version``."""
     import mlflow
 
     use_store(settings)
-    mlflow.MlflowClient().set_registered_model_alias(model_name(interval), alias, version)
+    mlflow.MlflowClient().set_registered_model_alias(model_name(interval, market), alias, version)
 
 
-def load_ensemble(settings: Settings, interval: str, ref: str) -> tuple[Ensemble, str]:
+def load_ensemble(
+    settings: Settings, interval: str, ref: str, *, market: str = "spot"
+) -> tuple[Ensemble, str]:
     """The :class:`Ensemble` behind an alias (champion/challenger) or a version number.
 
     Raises:
@@ -132,7 +135,7 @@ def load_ensemble(settings: Settings, interval: str, ref: str) -> tuple[Ensemble
     from mlflow.exceptions import MlflowException
 
     use_store(settings)
-    name = model_name(interval)
+    name = model_name(interval, market)
     client = mlflow.MlflowClient()
     try:
         if ref in ALIASES:
@@ -159,72 +162,81 @@ def _client(settings: Settings) -> Any:
     return mlflow.MlflowClient()
 
 
-def alias_version(settings: Settings, interval: str, alias: str) -> str | None:
+def alias_version(settings: Settings, interval: str, alias: str, *, market: str = "spot") -> str | None:
     """The version ``alias`` points at, or None (also when nothing is registered yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(_client(settings).get_model_version_by_alias(model_name(interval), alias).version)
+        return str(_client(settings).get_model_version_by_alias(model_name(interval, market), alias).version)
     except MlflowException:
         return None
 
 
-def history(settings: Settings, interval: str) -> list[dict[str, Any]]:
+def history(settings: Settings, interval: str, *, market: str = "spot") -> list[dict[str, Any]]:
     """Promotions, rejections and rollbacks, oldest first."""
     from mlflow.exceptions import MlflowException
 
     try:
-        model = _client(settings).get_registered_model(model_name(interval))
+        model = _client(settings).get_registered_model(model_name(interval, market))
     except MlflowException:
         return []
-    events = [json.loads(v) for k, v in model.tags.items() if k.startswith(HISTORY_PREFIX)]
-    return sorted(events, key=lambda e: int(e["seq"]))
+    keyed = sorted((k, json.loads(v)) for k, v in model.tags.items() if k.startswith(HISTORY_PREFIX))
+    return [event for _, event in keyed]  # keys sort by time
 
 
-def _record(settings: Settings, interval: str, event: dict[str, Any]) -> dict[str, Any]:
-    seq = len(history(settings, interval)) + 1
-    full = {"seq": seq, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), **event}
-    _client(settings).set_registered_model_tag(
-        model_name(interval), f"{HISTORY_PREFIX}{seq:04d}", json.dumps(full)
-    )
+def _record(
+    settings: Settings, interval: str, event: dict[str, Any], *, market: str = "spot"
+) -> dict[str, Any]:
+    """Append an event; its key carries a time and a random suffix, so two writers never collide."""
+    now = datetime.now(UTC)
+    seq = max([int(e["seq"]) for e in history(settings, interval, market=market)] + [0]) + 1
+    full = {"seq": seq, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **event}
+    key = f"{HISTORY_PREFIX}{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}"
+    _client(settings).set_registered_model_tag(model_name(interval, market), key, json.dumps(full))
     return full
 
 
-def _check_version(settings: Settings, interval: str, version: str) -> None:
+def _check_version(settings: Settings, interval: str, version: str, *, market: str = "spot") -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        _client(settings).get_model_version(model_name(interval), version)
+        _client(settings).get_model_version(model_name(interval, market), version)
     except MlflowException as exc:
-        name = model_name(interval)
+        name = model_name(interval, market)
         raise BadConfigError(f"{name} has no version {version!r}; see qt registry list") from exc
 
 
-def promote(settings: Settings, interval: str, version: str, actor: str, reason: str) -> dict[str, Any]:
+def promote(
+    settings: Settings, interval: str, version: str, actor: str, reason: str, *, market: str = "spot"
+) -> dict[str, Any]:
     """Make ``version`` the champion (the challenger alias leaves it); record the event.
 
     Raises:
         BadConfigError: no such version.
     """
-    _check_version(settings, interval, version)
-    previous = alias_version(settings, interval, "champion")
+    _check_version(settings, interval, version, market=market)
+    previous = alias_version(settings, interval, "champion", market=market)
     client = _client(settings)
-    client.set_registered_model_alias(model_name(interval), "champion", version)
-    if alias_version(settings, interval, "challenger") == version:
-        client.delete_registered_model_alias(model_name(interval), "challenger")
-    client.set_model_version_tag(model_name(interval), version, "promoted_by", actor)
+    client.set_registered_model_alias(model_name(interval, market), "champion", version)
+    if alias_version(settings, interval, "challenger", market=market) == version:
+        client.delete_registered_model_alias(model_name(interval, market), "challenger")
+    client.set_model_version_tag(model_name(interval, market), version, "promoted_by", actor)
     event = {"action": "promote", "version": version, "previous": previous, "actor": actor}
-    return _record(settings, interval, {**event, "reason": reason})
+    return _record(settings, interval, {**event, "reason": reason}, market=market)
 
 
-def record_rejection(settings: Settings, interval: str, version: str, reason: str) -> dict[str, Any]:
+def record_rejection(
+    settings: Settings, interval: str, version: str, reason: str, *, market: str = "spot"
+) -> dict[str, Any]:
     """Record that the gate kept ``version`` out (the champion stays)."""
-    champion = alias_version(settings, interval, "champion")
+    champion = alias_version(settings, interval, "champion", market=market)
     event = {"action": "reject", "version": version, "previous": champion, "actor": "gate"}
-    return _record(settings, interval, {**event, "reason": reason})
+    return _record(settings, interval, {**event, "reason": reason}, market=market)
 
 
-def rollback(settings: Settings, interval: str, actor: str = "person", reason: str = "") -> dict[str, Any]:
+def rollback(
+    settings: Settings, interval: str, actor: str = "person", reason: str = "", *, market: str = "spot"
+) -> dict[str, Any]:
     """Point ``champion`` back at the version that was champion before the current one.
 
     The champion's lineage is replayed from the history (a promotion pushes a version,
@@ -234,38 +246,42 @@ def rollback(settings: Settings, interval: str, actor: str = "person", reason: s
         BadConfigError: no earlier champion, or the alias was moved outside ``qt``.
     """
     lineage: list[str] = []
-    for event in history(settings, interval):
-        if event["action"] == "promote":
+    for event in history(settings, interval, market=market):
+        if event["action"] == "promote" and (not lineage or lineage[-1] != str(event["version"])):
             lineage.append(str(event["version"]))
         elif event["action"] == "rollback" and lineage:
             lineage.pop()
-    current = alias_version(settings, interval, "champion")
+    current = alias_version(settings, interval, "champion", market=market)
     if not lineage or lineage[-1] != current:
         raise BadConfigError(
-            f"{model_name(interval)}: the champion alias ({current}) does not match the recorded "
+            f"{model_name(interval, market)}: the champion alias ({current}) does not match the recorded "
             f"history ({lineage[-1] if lineage else 'no promotions'}); use qt registry promote VERSION"
         )
     if len(lineage) < 2:
-        raise BadConfigError(f"{model_name(interval)}: no earlier champion to roll back to")
+        raise BadConfigError(f"{model_name(interval, market)}: no earlier champion to roll back to")
     target = lineage[-2]
-    _client(settings).set_registered_model_alias(model_name(interval), "champion", target)
+    _client(settings).set_registered_model_alias(model_name(interval, market), "champion", target)
     event = {"action": "rollback", "version": target, "previous": current, "actor": actor}
-    return _record(settings, interval, {**event, "reason": reason or f"rolled back from {current}"})
+    return _record(
+        settings, interval, {**event, "reason": reason or f"rolled back from {current}"}, market=market
+    )
 
 
-def describe_version(settings: Settings, interval: str, version: str) -> dict[str, Any]:
+def describe_version(
+    settings: Settings, interval: str, version: str, *, market: str = "spot"
+) -> dict[str, Any]:
     """One version: aliases, creation time, run, metrics and every tag (``qt registry show``)."""
-    _check_version(settings, interval, version)
-    mv = _client(settings).get_model_version(model_name(interval), version)
-    return _version_doc(mv, _aliases(settings, interval), full=True)
+    _check_version(settings, interval, version, market=market)
+    mv = _client(settings).get_model_version(model_name(interval, market), version)
+    return _version_doc(mv, _aliases(settings, interval, market=market), full=True)
 
 
-def _aliases(settings: Settings, interval: str) -> dict[str, list[str]]:
+def _aliases(settings: Settings, interval: str, *, market: str = "spot") -> dict[str, list[str]]:
     """Version → its aliases (``search_model_versions`` leaves them out of its results)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        model = _client(settings).get_registered_model(model_name(interval))
+        model = _client(settings).get_registered_model(model_name(interval, market))
     except MlflowException:
         return {}
     out: dict[str, list[str]] = {}
@@ -296,22 +312,22 @@ def _version_doc(mv: Any, aliases: dict[str, list[str]], full: bool = False) -> 
     return doc
 
 
-def describe(settings: Settings, interval: str) -> dict[str, Any]:
+def describe(settings: Settings, interval: str, *, market: str = "spot") -> dict[str, Any]:
     """``qt registry list --json``: aliases, every version (newest first) and the history."""
     from mlflow.exceptions import MlflowException
 
-    name = model_name(interval)
+    name = model_name(interval, market)
     client = _client(settings)
     try:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         versions = []
-    aliases = _aliases(settings, interval)
+    aliases = _aliases(settings, interval, market=market)
     docs = sorted((_version_doc(mv, aliases) for mv in versions), key=lambda d: -int(d["version"]))
     return {
         "name": name,
-        "champion": alias_version(settings, interval, "champion"),
-        "challenger": alias_version(settings, interval, "challenger"),
+        "champion": alias_version(settings, interval, "champion", market=market),
+        "challenger": alias_version(settings, interval, "challenger", market=market),
         "versions": docs,
-        "history": history(settings, interval),
+        "history": history(settings, interval, market=market),
     }

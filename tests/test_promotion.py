@@ -85,3 +85,17 @@ def test_the_ece_bound_widens_with_sampling_noise_only() -> None:
     assert gate.ece_bound(1_000_000) == 0.02
     assert gate.ece_bound(7200) == pytest.approx(2 * np.sqrt(2 / np.pi) * np.sqrt(0.25 / 720))
     assert gate.ece_bound(100) > gate.ece_bound(7200) > gate.ece_bound(65700)
+
+
+def test_a_champion_without_an_oof_table_is_compared_on_the_shadow_rows(sample_matrix: pd.DataFrame) -> None:
+    challenger, champion = _oof(sample_matrix, 4.0, 1), _oof(sample_matrix, 8.0, 2)
+    no_champion_table = shared_rows(challenger, None)  # e.g. a champion registered outside the flow
+    shadow_rows = shared_rows(challenger, champion)
+    decision = decide(
+        no_champion_table, CONCLUSIVE_OK, shadow_rows, sample_matrix, STEP, Costs(), GateConfig(), "1"
+    )
+    assert decision.promoted, decision.reason
+    assert "shadow rows" in decision.reason and decision.rows == len(shadow_rows)
+    nothing = shadow_rows.iloc[:0]
+    empty = decide(no_champion_table, CONCLUSIVE_OK, nothing, sample_matrix, STEP, Costs(), GateConfig(), "1")
+    assert not empty.promoted and "no rows" in empty.reason

@@ -97,7 +97,11 @@ class BoostingModel(ProbaModel):
         storage = None
         if self.config.study_dir is not None:
             self.config.study_dir.mkdir(parents=True, exist_ok=True)
-            storage = f"sqlite:///{self.config.study_dir / 'optuna.db'}"
+            # the training flow's fit processes share this file: wait for its lock, not fail
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{self.config.study_dir / 'optuna.db'}",
+                engine_kwargs={"connect_args": {"timeout": 120}},
+            )
         study = optuna.create_study(
             study_name=f"{self.name}-{_fingerprint(train, early)}-seed{self.config.seed}",
             storage=storage,
@@ -296,8 +300,9 @@ def _library_params(params: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
 
 
 def _fingerprint(*frames: pd.DataFrame) -> str:
-    """A short hash of which rows (symbols, times) the frames hold."""
+    """A short hash of which rows (symbols, times) the frames hold, and their labels."""
     h = hashlib.sha256()
     for f in frames:
-        h.update(pd.util.hash_pandas_object(f[["symbol", "open_time"]], index=False).to_numpy().tobytes())
+        keys = [c for c in ("symbol", "open_time", "target_up") if c in f]
+        h.update(pd.util.hash_pandas_object(f[keys], index=False).to_numpy().tobytes())
     return h.hexdigest()[:12]
