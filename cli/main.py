@@ -86,13 +86,6 @@ def _settings(home: Path | None) -> Settings:
         raise BadConfigError(f"invalid settings (QT_* environment or .env): {err}") from err
 
 
-def _costs(settings: Settings, market: str) -> Any:
-    """Backtest costs from the settings (see ``Costs.from_settings``)."""
-    from tasks.backtest import Costs
-
-    return Costs.from_settings(settings, market)
-
-
 def _fail(as_json: bool, message: str, exit_code: int, partial: dict[str, Any]) -> NoReturn:
     if as_json:
         emit_json({**partial, "error": message, "exit_code": exit_code})
@@ -374,9 +367,10 @@ def walkforward(
         summary = result.summary()
         document = {**summary, "oof": str(target), "reports": result.reports, "models_run": names}
         if result.stacker is not None:
+            from tasks.backtest import Costs
             from tasks.evaluation import evaluate
 
-            evaluation = evaluate(result.oof, matrix, step, _costs(settings, market))
+            evaluation = evaluate(result.oof, matrix, step, Costs.from_settings(settings, market))
             document["evaluation"] = evaluation.report
             bt, base = evaluation.report["backtest"], evaluation.report["baselines"]
             stderr.print(
@@ -543,6 +537,7 @@ def evaluate(
         from core.timeutil import parse_utc
         from model_registry.evaluate import evaluate_ensemble
         from model_registry.registry import load_ensemble
+        from tasks.backtest import Costs
         from tasks.features.dataset import features_from_store
         from tasks.store import CandleStore
 
@@ -555,7 +550,7 @@ def evaluate(
             ensemble,
             matrix,
             step,
-            _costs(settings, market),
+            Costs.from_settings(settings, market),
             parse_utc(start, "--start"),
             parse_utc(end, "--end"),
         )

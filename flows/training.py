@@ -224,7 +224,7 @@ def promote_task(
 ) -> dict[str, Any]:
     """The gate's decision, acted on (alias moved or rejection recorded) and logged."""
     from model_registry import registry
-    from tasks.tracking import log_decision, use_store
+    from tasks.tracking import log_decision
 
     decision = decide(shared, shadow_report, shadow_table, matrix, step, costs, gate, champion).to_json()
     if decision["promoted"]:
@@ -232,18 +232,19 @@ def promote_task(
     else:
         registry.record_rejection(settings, interval, version, decision["reason"], market=market)
     log_decision(settings, run_id, version, shadow_report, decision, shadow_table)
-    import mlflow
-
-    use_store(settings)
-    client = mlflow.MlflowClient()
-    name = registry.model_name(interval, market)
-    verdict = "promoted" if decision["promoted"] else "rejected"
-    client.set_model_version_tag(name, version, "gate.decision", verdict)
-    client.set_model_version_tag(name, version, "gate.reason", decision["reason"][:5000])
-    for key in ("log_loss", "auc", "accuracy"):
-        value = (shadow_report.get("challenger") or {}).get(key)
-        if value is not None:
-            client.set_model_version_tag(name, version, f"metric.shadow_{key}", str(value))
+    tags = {
+        "gate.decision": "promoted" if decision["promoted"] else "rejected",
+        "gate.reason": decision["reason"],
+    }
+    shadow_figures = shadow_report.get("challenger") or {}
+    tags.update(
+        {
+            f"metric.shadow_{k}": shadow_figures[k]
+            for k in ("log_loss", "auc", "accuracy")
+            if k in shadow_figures
+        }
+    )
+    registry.tag_version(settings, interval, version, tags, market=market)
     return decision
 
 

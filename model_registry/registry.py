@@ -106,13 +106,21 @@ def register(
                 registered_model_name=name,
             )
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
     version_tags = {f"metric.{k}": str(v) for k, v in ensemble.metrics.items()}
     version_tags.update(trained_until=ensemble.trained_until, models=",".join(ensemble.models))
-    version_tags.update(tags or {})
-    for key, value in version_tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    tag_version(
+        settings, ensemble.interval, version, {**version_tags, **(tags or {})}, market=ensemble.market
+    )
     return version
+
+
+def tag_version(
+    settings: Settings, interval: str, version: str, tags: dict[str, str], *, market: str = "spot"
+) -> None:
+    """Set tags on a version (MLflow caps a tag value at 5,000 characters)."""
+    client = _client(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name(interval, market), version, key, str(value)[:5000])
 
 
 def set_alias(settings: Settings, interval: str, alias: str, version: str, *, market: str = "spot") -> None:
@@ -172,16 +180,34 @@ def alias_version(settings: Settings, interval: str, alias: str, *, market: str 
         return None
 
 
-def history(settings: Settings, interval: str, *, market: str = "spot") -> list[dict[str, Any]]:
-    """Promotions, rejections and rollbacks, oldest first."""
+def _registered(settings: Settings, interval: str, market: str) -> Any:
+    """The registered model (aliases, tags), or None before the first registration."""
     from mlflow.exceptions import MlflowException
 
     try:
-        model = _client(settings).get_registered_model(model_name(interval, market))
+        return _client(settings).get_registered_model(model_name(interval, market))
     except MlflowException:
+        return None
+
+
+def _events(model: Any) -> list[dict[str, Any]]:
+    if model is None:
         return []
     keyed = sorted((k, json.loads(v)) for k, v in model.tags.items() if k.startswith(HISTORY_PREFIX))
     return [event for _, event in keyed]  # keys sort by time
+
+
+def _aliases_of(model: Any) -> dict[str, list[str]]:
+    """Version → its aliases (``search_model_versions`` leaves them out of its results)."""
+    out: dict[str, list[str]] = {}
+    for alias, version in (model.aliases if model is not None else {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
+def history(settings: Settings, interval: str, *, market: str = "spot") -> list[dict[str, Any]]:
+    """Promotions, rejections and rollbacks, oldest first."""
+    return _events(_registered(settings, interval, market))
 
 
 def _record(
@@ -273,21 +299,7 @@ def describe_version(
     """One version: aliases, creation time, run, metrics and every tag (``qt registry show``)."""
     _check_version(settings, interval, version, market=market)
     mv = _client(settings).get_model_version(model_name(interval, market), version)
-    return _version_doc(mv, _aliases(settings, interval, market=market), full=True)
-
-
-def _aliases(settings: Settings, interval: str, *, market: str = "spot") -> dict[str, list[str]]:
-    """Version → its aliases (``search_model_versions`` leaves them out of its results)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = _client(settings).get_registered_model(model_name(interval, market))
-    except MlflowException:
-        return {}
-    out: dict[str, list[str]] = {}
-    for alias, version in model.aliases.items():
-        out.setdefault(str(version), []).append(alias)
-    return out
+    return _version_doc(mv, _aliases_of(_registered(settings, interval, market)), full=True)
 
 
 def _version_doc(mv: Any, aliases: dict[str, list[str]], full: bool = False) -> dict[str, Any]:
@@ -322,12 +334,13 @@ def describe(settings: Settings, interval: str, *, market: str = "spot") -> dict
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         versions = []
-    aliases = _aliases(settings, interval, market=market)
-    docs = sorted((_version_doc(mv, aliases) for mv in versions), key=lambda d: -int(d["version"]))
+    model = _registered(settings, interval, market)
+    docs = sorted((_version_doc(mv, _aliases_of(model)) for mv in versions), key=lambda d: -int(d["version"]))
+    aliases = model.aliases if model is not None else {}
     return {
         "name": name,
-        "champion": alias_version(settings, interval, "champion", market=market),
-        "challenger": alias_version(settings, interval, "challenger", market=market),
+        "champion": str(aliases["champion"]) if "champion" in aliases else None,
+        "challenger": str(aliases["challenger"]) if "challenger" in aliases else None,
         "versions": docs,
-        "history": history(settings, interval, market=market),
+        "history": _events(model),
     }
