@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from cli.output import emit_json, progress_bars, setup_console_logging, stderr, stdout, table
 from core.errors import IngestError, QTError
-from core.settings import Settings, configure_environment, load_settings
+from core.settings import Settings, check_home, configure_environment, load_settings
 
 app = typer.Typer(
     name="qt",
@@ -56,16 +56,35 @@ def _symbols(value: str | None) -> list[str] | None:
     return [check_symbol(s) for s in value.split(",") if s.strip()]
 
 
-def _run(home: Path | None, as_json: bool, command: Callable[[Settings], tuple[dict[str, Any], Any]]) -> None:
-    """Load settings, run a command, render its result, map errors to exit codes."""
+def _run(
+    home: Path | None,
+    as_json: bool,
+    command: Callable[[Settings], tuple[dict[str, Any], Any]],
+    *,
+    writes: bool = True,
+) -> None:
+    """Load settings, run a command, render its result, map errors to exit codes.
+
+    ``writes=False`` marks a command that only reads the home: it then works on a
+    read-only home. A command that writes checks the home is writable before any work.
+    Ctrl-C (or SIGTERM) ends it within a second: exit 130 (143), with a JSON document of
+    what was stored and what was not (see :mod:`cli.interrupt`).
+    """
+    from cli.interrupt import handle_interrupts
+
     setup_console_logging()
     try:
         settings = _settings(home)
+        check_home(settings, write=writes)
         configure_environment(settings)
-        document, renderable = command(settings)
+        with handle_interrupts(as_json):
+            document, renderable = command(settings)
     except QTError as err:
         partial = err.report if isinstance(err, IngestError) else {}
         _fail(as_json, str(err), err.exit_code, partial)
+    except OSError as err:  # a path the environment does not allow: the person must act
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(as_json, f"{where}{err.strerror or err}", 2, {})
     except Exception as err:  # a bug: still one JSON document, and the traceback on stderr
         stderr.print_exception()
         _fail(as_json, f"unexpected {type(err).__name__}: {err}", 1, {})
@@ -101,7 +120,8 @@ def _short_time(iso: str | None) -> str:
 def _ingest_table(report: dict[str, Any]) -> Any:
     rows = [
         [
-            sym,
+            r["symbol"],
+            r["interval"],
             r["rows_added"],
             r["rows_total"],
             _short_time(r["first_open_time"]),
@@ -109,9 +129,9 @@ def _ingest_table(report: dict[str, Any]) -> Any:
             r["gaps"],
             r["missing_candles"],
         ]
-        for sym, r in report["symbols"].items()
+        for r in report["symbols"].values()
     ]
-    columns = ["symbol", "added", "total", "first open", "last open", "gaps", "missing"]
+    columns = ["symbol", "interval", "added", "total", "first open", "last open", "gaps", "missing"]
     return table("Ingested candles", columns, rows)
 
 
@@ -144,7 +164,7 @@ def ingest(
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from core.candles import check_market, interval_ms
         from core.errors import BadConfigError
-        from core.timeutil import parse_utc
+        from core.timeutil import parse_range
         from tasks.ingest.files import expand_paths
 
         if source not in ("sample", "files", "binance"):
@@ -156,8 +176,7 @@ def ingest(
         check_market(market)
         if interval:
             interval_ms(interval)
-        parse_utc(start, "--start")
-        parse_utc(end, "--end")
+        parse_range(start, end)
         from flows.ingest import Source, ingest_flow
 
         with progress_bars(enabled=not as_json and stderr.is_terminal):
@@ -227,17 +246,16 @@ def features(
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from core.candles import check_market, interval_ms
-        from core.errors import BadConfigError
-        from core.timeutil import parse_utc, to_iso
+        from core.timeutil import parse_range, to_iso
         from tasks.features import FeatureSpec, feature_columns
         from tasks.features.dataset import features_from_store
-        from tasks.store import CandleStore, write_parquet_atomic
+        from tasks.store import CandleStore, check_writable, write_parquet_atomic
 
         ival = interval or settings.default_interval
         interval_ms(ival)
         check_market(market)
-        if out.is_dir():
-            raise BadConfigError(f"--out {out}: is a folder; give a file name like features.parquet")
+        first, last = parse_range(start, end)
+        check_writable(out, "--out")
         spec = FeatureSpec()
         matrix = features_from_store(
             CandleStore(settings.store_dir),
@@ -247,8 +265,8 @@ def features(
             spec,
             horizon=horizon,
             include_unlabeled=include_unlabeled,
-            start=parse_utc(start, "--start"),
-            end=parse_utc(end, "--end"),
+            start=first,
+            end=last,
             sentiment_csv=sentiment or settings.sentiment_csv,
         )
         write_parquet_atomic(matrix, out)
@@ -277,7 +295,7 @@ def features(
             "Feature matrix", ["symbol", "rows", "first open_time", "last open_time"], rows
         )
 
-    _run(home, as_json, command)
+    _run(home, as_json, command, writes=False)
 
 
 ModelsOpt = Annotated[
@@ -337,7 +355,7 @@ def walkforward(
         from core.timeutil import parse_utc
         from tasks.features.dataset import features_from_store
         from tasks.models import ModelConfig, parse_models
-        from tasks.store import CandleStore, write_parquet_atomic
+        from tasks.store import CandleStore, check_writable, write_parquet_atomic
         from tasks.walkforward import WalkForward, walk_forward
 
         ival = interval or settings.default_interval
@@ -348,6 +366,8 @@ def walkforward(
             raise BadConfigError(f"--profile {profile!r}: use fast or full")
         if window not in ("expanding", "rolling") or device not in ("auto", "cpu", "gpu"):
             raise BadConfigError("--window takes expanding|rolling and --device auto|cpu|gpu")
+        if out is not None:
+            check_writable(out, "--out")
         matrix = features_from_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
         end = parse_utc(until, "--until") or (matrix["open_time"].max() + step)
         plan = WalkForward.before(
@@ -579,7 +599,7 @@ def evaluate(
             "Evaluation (same rows, net of costs)", ["model", "AUC", "log loss", "Sharpe"], table_rows
         )
 
-    _run(home, as_json, command)
+    _run(home, as_json, command, writes=False)
 
 
 registry_app = typer.Typer(
@@ -631,7 +651,7 @@ def registry_list(
         )
         return doc, Group(versions, _history_table(doc["history"]))
 
-    _run(home, as_json, command)
+    _run(home, as_json, command, writes=False)
 
 
 @registry_app.command("show")
@@ -658,7 +678,7 @@ def registry_show(
         title = f"version {doc['version']} ({', '.join(doc['aliases']) or 'no alias'}), run {doc['run_id']}"
         return doc, table(title, ["field", "value"], rows)
 
-    _run(home, as_json, command)
+    _run(home, as_json, command, writes=False)
 
 
 @registry_app.command("promote")
@@ -847,9 +867,29 @@ def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = Fals
     _run(home, as_json, command)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Usage errors (an unknown option, a value of the wrong type) exit 2 like every other
+    bad input, and under ``--json`` they too print one JSON document on stdout.
+    """
+    from typer import rich_utils
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # Typer vendors Click
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=args, prog_name="qt", standalone_mode=False)
+    except NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(0)
+    except ClickException as err:
+        if "--json" in args:
+            emit_json({"error": f"usage: {err.format_message()}", "exit_code": err.exit_code})
+        rich_utils.rich_format_error(err)
+        sys.exit(err.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt, before any command ran
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

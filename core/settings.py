@@ -98,9 +98,9 @@ def configure_environment(settings: Settings) -> None:
     """Point third-party libraries at our home and silence their offline telemetry.
 
     Must run before Prefect, MLflow or Great Expectations are imported: they read these
-    variables at import time. Values a user already exported win.
+    variables at import time. Values a user already exported win. Creates nothing: a
+    read-only home stays usable by the commands that only read (see :func:`check_home`).
     """
-    settings.prefect_home.mkdir(parents=True, exist_ok=True)
     defaults = {
         "PREFECT_HOME": str(settings.prefect_home),
         # a fresh ephemeral server migrates its SQLite DB first: ~15 s on 2 cores
@@ -114,3 +114,36 @@ def configure_environment(settings: Settings) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+
+
+def check_home(settings: Settings, *, write: bool) -> None:
+    """Fail early, naming the path, when the home cannot serve a command.
+
+    Args:
+        settings: the loaded settings.
+        write: the command writes state (store, MLflow, Prefect's DB): the home and
+            ``<home>/prefect`` are created and must be writable.
+
+    Raises:
+        BadConfigError: the home is a file, or (``write``) cannot be created or written.
+    """
+    from core.errors import BadConfigError
+
+    home = settings.home
+    for parent in (home, *home.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadConfigError(f"home {home} (--home / QT_HOME): {parent} is a file, not a folder")
+            break
+    if not write:
+        return
+    try:
+        settings.prefect_home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise BadConfigError(
+            f"home {home} (--home / QT_HOME) is not writable: {err.strerror or err} "
+            f"({err.filename or home}); this command stores state there, choose a writable folder"
+        ) from err

@@ -26,6 +26,20 @@ def parse_utc(value: str | None, field: str) -> pd.Timestamp | None:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def parse_range(
+    start: str | None, end: str | None, fields: tuple[str, str] = ("--start", "--end")
+) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Parse a ``start``/``end`` pair; an empty range is an error, not a run that does nothing.
+
+    Raises:
+        BadConfigError: a value does not parse, or ``start`` lies after ``end``.
+    """
+    lo, hi = parse_utc(start, fields[0]), parse_utc(end, fields[1])
+    if lo is not None and hi is not None and lo > hi:
+        raise BadConfigError(f"{fields[0]} {start} is after {fields[1]} {end}: the range holds no candle")
+    return lo, hi
+
+
 def to_ms(stamp: pd.Timestamp) -> int:
     """Epoch milliseconds of a timestamp."""
     return int(stamp.value // 1_000_000)

@@ -1,8 +1,9 @@
-"""Ingest flow: plan the datasets → (fetch → validate → store) per symbol, concurrently.
+"""Ingest flow: plan the datasets → (fetch → validate → store) per dataset, concurrently.
 
-Runs in Prefect's ephemeral mode (no server) or against ``PREFECT_API_URL``. Symbols are
-independent tasks: one failing symbol is quarantined and reported while the others are
-stored; the flow then fails naming every failure. Only retryable errors are retried.
+Runs in Prefect's ephemeral mode (no server) or against ``PREFECT_API_URL``. A dataset is
+one (market, symbol, interval); datasets are independent tasks: one failing dataset is
+quarantined and reported while the others are stored; the flow then fails naming every
+failure. Only retryable errors are retried.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from core import progress
 from core.candles import check_market, interval_ms
 from core.errors import IngestError, QTError, RetryableError
 from core.settings import Settings, load_settings
-from core.timeutil import parse_utc
+from core.timeutil import parse_range, parse_utc
 from tasks.ingest import SymbolReport, ingest_binance, ingest_files
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import expand_paths, group_files
@@ -59,15 +61,17 @@ def ingest_files_task(
     end: str | None = None,
 ) -> SymbolReport:
     """Read → validate → store one dataset from files (candles within start/end)."""
-    return ingest_files(
-        symbol,
-        interval,
-        market,
-        paths,
-        source,
-        settings,
-        parse_utc(start, "--start"),
-        parse_utc(end, "--end"),
+    return _completed(
+        ingest_files(
+            symbol,
+            interval,
+            market,
+            paths,
+            source,
+            settings,
+            parse_utc(start, "--start"),
+            parse_utc(end, "--end"),
+        )
     )
 
 
@@ -76,9 +80,19 @@ def ingest_binance_task(
     symbol: str, interval: str, market: str, start: str | None, end: str | None, settings: Settings
 ) -> SymbolReport:
     """Fetch (closed candles, paged, retried) → validate → store one symbol from Binance."""
-    return ingest_binance(
-        symbol, interval, market, parse_utc(start, "--start"), parse_utc(end, "--end"), settings
-    )
+    first, last = parse_utc(start, "--start"), parse_utc(end, "--end")
+    return _completed(ingest_binance(symbol, interval, market, first, last, settings))
+
+
+def _completed(report: SymbolReport) -> SymbolReport:
+    """Record a stored dataset so an interrupted command can say it was stored."""
+    progress.complete(dataset_key(report.market, report.symbol, report.interval), report.to_json())
+    return report
+
+
+def dataset_key(market: str, symbol: str, interval: str) -> str:
+    """How an interrupted command names a dataset: ``spot BTCUSDT 1h``."""
+    return f"{market} {symbol} {interval}"
 
 
 @flow(name="ingest", log_prints=False, validate_parameters=True)
@@ -97,17 +111,21 @@ def ingest_flow(
     """Load candles into the store, validated; idempotent.
 
     Returns:
-        ``{"symbols": {SYM: {"rows_added", "rows_total", "first_open_time",
-        "last_open_time", "gaps", ...}}}`` (``qt ingest --json``).
+        ``{"symbols": {KEY: {"symbol", "interval", "market", "rows_added", "rows_total",
+        "first_open_time", "last_open_time", "gaps", ...}}, "failed": {}}``
+        (``qt ingest --json``). KEY is the symbol when the run covers one interval, else
+        ``SYMBOL-INTERVAL`` (as Binance names the files), so no dataset hides another.
 
     Raises:
-        IngestError: some symbols failed (the others were stored); ``.report`` holds them.
+        IngestError: some datasets failed (the others were stored); ``.report`` holds
+            both the stored ones and, under ``"failed"``, each failure.
     """
     settings = load_settings(Path(home) if home else None)
     check_market(market)
+    parse_range(start, end)
     if interval is not None:
         interval_ms(interval)  # fail before any network call
-    futures: dict[str, PrefectFuture[SymbolReport]] = {}
+    futures: dict[tuple[str, str, str], PrefectFuture[SymbolReport]] = {}
     if source == "binance":
         ival = interval or settings.default_interval
         universe = symbols or plan_universe(
@@ -116,30 +134,48 @@ def ingest_flow(
             top or 10,
             settings.min_quote_volume if min_quote_volume is None else min_quote_volume,
         )
+        progress.plan(*(dataset_key(market, symbol, ival) for symbol in universe))
         for symbol in universe:
-            futures[symbol] = ingest_binance_task.submit(symbol, ival, market, start, end, settings)
+            futures[(market, symbol, ival)] = ingest_binance_task.submit(
+                symbol, ival, market, start, end, settings
+            )
     else:
         files = sample_paths(symbols, interval) if source == "sample" else expand_paths(paths or [])
         wanted_interval = SAMPLE_INTERVAL if source == "sample" else interval
-        for (symbol, dataset_interval), group in group_files(files, symbols, wanted_interval).items():
-            futures[symbol] = ingest_files_task.submit(
+        groups = group_files(files, symbols, wanted_interval)
+        progress.plan(*(dataset_key(market, symbol, ival) for symbol, ival in groups))
+        for (symbol, dataset_interval), group in groups.items():
+            futures[(market, symbol, dataset_interval)] = ingest_files_task.submit(
                 symbol, dataset_interval, market, group, source, settings, start, end
             )
     return _gather(futures)
 
 
-def _gather(futures: dict[str, PrefectFuture[SymbolReport]]) -> dict[str, Any]:
-    """Wait for every symbol; report the stored ones, then fail naming the others."""
-    report: dict[str, Any] = {"symbols": {}}
+def _gather(futures: dict[tuple[str, str, str], PrefectFuture[SymbolReport]]) -> dict[str, Any]:
+    """Wait for every dataset; report the stored ones, then fail naming the others."""
+    one_interval = len({interval for _, _, interval in futures}) <= 1
+    report: dict[str, Any] = {"symbols": {}, "failed": {}}
     failures: dict[str, QTError] = {}
-    for symbol, future in futures.items():
+    for (market, symbol, interval), future in futures.items():
+        key = symbol if one_interval else f"{symbol}-{interval}"
         try:
-            report["symbols"][symbol] = future.result().to_json()
+            report["symbols"][key] = future.result().to_json()
         except QTError as err:
-            failures[symbol] = err
-        except Exception as err:  # a bug must not lose the other symbols' reports
-            log.exception("%s: unexpected failure", symbol)
-            failures[symbol] = QTError(f"unexpected {type(err).__name__}: {err}")
+            failures[key] = err
+        except Exception as err:  # a bug must not lose the other datasets' reports
+            log.exception("%s %s %s: unexpected failure", market, symbol, interval)
+            failures[key] = QTError(f"unexpected {type(err).__name__}: {err}")
+        if key in failures:
+            failure = failures[key]
+            quarantined = getattr(failure, "quarantine", None)
+            report["failed"][key] = {
+                "symbol": symbol,
+                "interval": interval,
+                "market": market,
+                "error": str(failure),
+                "exit_code": failure.exit_code,
+                "quarantine": str(quarantined) if quarantined else None,
+            }
     if failures:
         error = IngestError(failures)
         error.report = report

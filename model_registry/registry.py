@@ -34,7 +34,15 @@ ALIASES = ("champion", "challenger")
 
 
 def model_name(interval: str, market: str = "spot") -> str:
-    """The registered model's name: ``quantum-trader-<interval>`` (spot), ``…-<interval>-futures``."""
+    """The registered model's name: ``quantum-trader-<interval>`` (spot), ``…-<interval>-futures``.
+
+    Raises:
+        BadConfigError: an unknown interval or market (never a name nobody can train).
+    """
+    from core.candles import check_market, interval_ms
+
+    interval_ms(interval)
+    check_market(market)
     return f"quantum-trader-{interval}" + ("" if market == "spot" else f"-{market}")
 
 

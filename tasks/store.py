@@ -178,6 +178,29 @@ def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
     write_parquet_atomic(frame.reset_index(), path)
 
 
+def check_writable(path: Path, field: str) -> None:
+    """Fail before any work when ``path`` cannot be written as a file (naming ``field``).
+
+    Creates missing parent folders (the write would) and probes the folder with a file.
+
+    Raises:
+        BadConfigError: ``path`` is a folder, a parent is a file, or the folder refuses writes.
+    """
+    from core.errors import BadConfigError
+
+    if path.is_dir():
+        raise BadConfigError(f"{field} {path}: is a folder; give a file name like features.parquet")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise BadConfigError(
+            f"{field} {path}: cannot write there ({err.strerror or err}: {err.filename or path.parent})"
+        ) from err
+
+
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` (its columns, not its index) so readers see the old or the new file only.
 
