@@ -202,26 +202,46 @@ def validate(
     symbols: SymbolsOpt = None,
     interval: IntervalOpt = None,
     market: MarketOpt = "spot",
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Move damaged or failing dataset files to quarantine (with a report) to re-ingest them.",
+        ),
+    ] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the Great Expectations suite over stored candles; exit 2 if any check fails."""
+    """Run the Great Expectations suite over stored candles; exit 2 if any check fails.
+
+    A store file that another tool damaged (truncated, not Parquet, duplicate or unsorted
+    rows) is named with its problem; --repair moves it aside so ingest can rebuild it.
+    """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from tasks.store import CandleStore
         from tasks.validate import validate_store
 
         ival = interval or settings.default_interval
-        document = validate_store(CandleStore(settings.store_dir), _symbols(symbols), ival, market)
-        datasets = document["datasets"]
-        rows = [[s, d["rows"], "ok", d["gaps"], d["missing_candles"]] for s, d in datasets.items()]
+        store = CandleStore(settings.store_dir)
+        document = validate_store(
+            store, _symbols(symbols), ival, market, settings.quarantine_dir if repair else None
+        )
+        rows = [
+            [s, d["rows"], "ok", d["gaps"], d["missing_candles"]] for s, d in document["datasets"].items()
+        ]
+        rows += [[s, 0, "moved to quarantine", 0, 0] for s in document["repaired"]]
+        for s, r in document["repaired"].items():
+            stderr.print(f"{s}: {escape(r['problem'])}\n  moved to {r['moved_to']}", highlight=False)
+        if document["repaired"]:
+            stderr.print(f"ingest {', '.join(document['repaired'])} again to rebuild them", highlight=False)
         return document, table(
             f"Validation of stored {ival} {market} candles",
             ["symbol", "rows", "checks", "gaps", "missing"],
             rows,
         )
 
-    _run(home, as_json, command)
+    _run(home, as_json, command, writes=repair)
 
 
 @app.command()

@@ -56,6 +56,26 @@ class BadDataError(NeedsOperatorError):
         self.quarantine = quarantine
 
 
+class DamagedStoreError(BadDataError):
+    """A stored dataset file is not what the store writes.
+
+    Truncated, not Parquet, a folder in its place, or duplicate / unsorted rows written by
+    another tool.
+
+    Args:
+        path: the file.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"{path}: damaged store file ({problem}); `qt validate --repair` moves it to "
+            "quarantine, then ingest the dataset again from its source"
+        )
+        self.path = path
+        self.problem = problem
+
+
 class ModelFaultError(QTError):
     """No usable model, or a model produced output that fails its contract."""
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.candles import KLINE_COLUMNS, check_market, count_gaps, empty_candles, interval_ms
+from core.errors import DamagedStoreError
 
 _VALUE_COLUMNS = list(KLINE_COLUMNS[1:])
 
@@ -64,6 +65,10 @@ class CandleStore:
         """Candles of one dataset with ``start <= open_time <= end``, indexed by ``open_time``.
 
         A dataset that does not exist reads as an empty frame with the store's dtypes.
+
+        Raises:
+            DamagedStoreError: the file is not what the store writes (unreadable, a folder,
+                columns missing, duplicate or unsorted open times), naming it.
         """
         path = self.path(symbol, interval, market)
         if not path.exists():
@@ -73,8 +78,13 @@ class CandleStore:
             filters.append(("open_time", ">=", pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))))
         if end is not None:
             filters.append(("open_time", "<=", pa.scalar(end, type=pa.timestamp("ms", tz="UTC"))))
-        table = pq.read_table(path, filters=filters or None)
-        return table.to_pandas().set_index("open_time")
+        table = _read_table(path, filters=filters or None)
+        missing = [c for c in KLINE_COLUMNS if c not in table.column_names]
+        if missing:
+            raise DamagedStoreError(path, f"columns missing: {', '.join(missing)}")
+        frame = table.to_pandas().set_index("open_time")
+        check_order(frame.index, path)
+        return frame
 
     def read_many(
         self,
@@ -132,10 +142,31 @@ class CandleStore:
         path = self.path(symbol, interval, market)
         if not path.exists():
             return None
-        times = pq.read_table(path, columns=["open_time"]).column("open_time")
+        times = _read_table(path, columns=["open_time"]).column("open_time")
         if len(times) == 0:
             return None
         return pd.Timestamp(times[0].as_py()), pd.Timestamp(times[-1].as_py())
+
+
+def _read_table(path: Path, **options: object) -> pa.Table:
+    """Read a dataset file, naming it when it is not a readable Parquet file."""
+    if path.is_dir():
+        raise DamagedStoreError(path, "a folder where the dataset file should be")
+    try:
+        return pq.read_table(path, **options)
+    except (pa.ArrowException, OSError) as err:
+        raise DamagedStoreError(path, f"not a readable Parquet file: {err}") from err
+
+
+def check_order(index: pd.Index, path: Path) -> None:
+    """Open times in the store are unique and increasing; anything else was written by another tool."""
+    duplicated = index.duplicated()
+    if duplicated.any():
+        first = index[duplicated][0]
+        raise DamagedStoreError(path, f"{int(duplicated.sum())} duplicate open_time rows (first {first})")
+    if not index.is_monotonic_increasing:
+        position = int((index[1:] < index[:-1]).argmax()) + 1
+        raise DamagedStoreError(path, f"open_time not sorted (row {position + 1}: {index[position]})")
 
 
 def _summarise(frame: pd.DataFrame, interval: str, added: int, updated: int) -> UpsertResult:
