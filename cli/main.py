@@ -123,6 +123,7 @@ def _ingest_table(report: dict[str, Any]) -> Any:
             r["symbol"],
             r["interval"],
             r["rows_added"],
+            r["rows_updated"],
             r["rows_total"],
             _short_time(r["first_open_time"]),
             _short_time(r["last_open_time"]),
@@ -131,7 +132,8 @@ def _ingest_table(report: dict[str, Any]) -> Any:
         ]
         for r in report["symbols"].values()
     ]
-    columns = ["symbol", "interval", "added", "total", "first open", "last open", "gaps", "missing"]
+    columns = ["symbol", "interval", "added", "updated", "total", "first open", "last open", "gaps"]
+    columns.append("missing")
     return table("Ingested candles", columns, rows)
 
 
@@ -153,6 +155,12 @@ def ingest(
     min_quote_volume: Annotated[
         float | None, typer.Option("--min-quote-volume", help="Binance universe: minimum 24h quote volume.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace stored candles whose values differ (default: refuse, exit 2)."
+        ),
+    ] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -191,6 +199,7 @@ def ingest(
                 top=top,
                 min_quote_volume=min_quote_volume,
                 home=str(settings.home),
+                overwrite=overwrite,
             )
         return report, _ingest_table(report)
 

@@ -76,6 +76,10 @@ class DamagedStoreError(BadDataError):
         self.problem = problem
 
 
+class CandleConflictError(BadDataError):
+    """An ingest would change candles already stored (refused unless asked to overwrite)."""
+
+
 class ModelFaultError(QTError):
     """No usable model, or a model produced output that fails its contract."""
 

@@ -59,6 +59,7 @@ def ingest_files_task(
     settings: Settings,
     start: str | None = None,
     end: str | None = None,
+    overwrite: bool = False,
 ) -> SymbolReport:
     """Read → validate → store one dataset from files (candles within start/end)."""
     return _completed(
@@ -71,17 +72,24 @@ def ingest_files_task(
             settings,
             parse_utc(start, "--start"),
             parse_utc(end, "--end"),
+            overwrite,
         )
     )
 
 
 @task(name="ingest-binance", task_run_name="ingest-{symbol}-{interval}", **_task_options)
 def ingest_binance_task(
-    symbol: str, interval: str, market: str, start: str | None, end: str | None, settings: Settings
+    symbol: str,
+    interval: str,
+    market: str,
+    start: str | None,
+    end: str | None,
+    settings: Settings,
+    overwrite: bool = False,
 ) -> SymbolReport:
     """Fetch (closed candles, paged, retried) → validate → store one symbol from Binance."""
     first, last = parse_utc(start, "--start"), parse_utc(end, "--end")
-    return _completed(ingest_binance(symbol, interval, market, first, last, settings))
+    return _completed(ingest_binance(symbol, interval, market, first, last, settings, overwrite=overwrite))
 
 
 def _completed(report: SymbolReport) -> SymbolReport:
@@ -107,8 +115,12 @@ def ingest_flow(
     top: int | None = None,
     min_quote_volume: float | None = None,
     home: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Load candles into the store, validated; idempotent.
+
+    A candle already stored with other values is a conflict (exit 2, both values named)
+    unless ``overwrite``.
 
     Returns:
         ``{"symbols": {KEY: {"symbol", "interval", "market", "rows_added", "rows_total",
@@ -137,7 +149,7 @@ def ingest_flow(
         progress.plan(*(dataset_key(market, symbol, ival) for symbol in universe))
         for symbol in universe:
             futures[(market, symbol, ival)] = ingest_binance_task.submit(
-                symbol, ival, market, start, end, settings
+                symbol, ival, market, start, end, settings, overwrite
             )
     else:
         files = sample_paths(symbols, interval) if source == "sample" else expand_paths(paths or [])
@@ -146,7 +158,7 @@ def ingest_flow(
         progress.plan(*(dataset_key(market, symbol, ival) for symbol, ival in groups))
         for (symbol, dataset_interval), group in groups.items():
             futures[(market, symbol, dataset_interval)] = ingest_files_task.submit(
-                symbol, dataset_interval, market, group, source, settings, start, end
+                symbol, dataset_interval, market, group, source, settings, start, end, overwrite
             )
     return _gather(futures)
 

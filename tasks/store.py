@@ -104,12 +104,19 @@ class CandleStore:
             frames = list(pool.map(lambda s: self.read(s, interval, market, start, end), symbols))
         return pd.concat(frames, keys=list(symbols), names=["symbol", "open_time"])
 
-    def upsert(self, symbol: str, interval: str, market: str, candles: pd.DataFrame) -> UpsertResult:
+    def upsert(
+        self, symbol: str, interval: str, market: str, candles: pd.DataFrame, *, overwrite: bool = False
+    ) -> UpsertResult:
         """Merge validated candles (store layout, see ``core.candles.to_store_frame``).
 
-        New open times are added; an open time already stored takes the incoming values
-        (the exchange is the source of truth); nothing else is touched. When nothing
+        New open times are added; a stored value that is missing (a source without the
+        optional columns) is filled in; nothing else is touched. A stored candle whose
+        values would *change* is a conflict: refused naming both values, unless
+        ``overwrite`` (the exchange corrected a candle and the user says so). When nothing
         changes the file is not rewritten.
+
+        Raises:
+            CandleConflictError: stored candles would change and ``overwrite`` is False.
         """
         path = self.path(symbol, interval, market)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +125,8 @@ class CandleStore:
             incoming = candles[_VALUE_COLUMNS]
             is_new = ~incoming.index.isin(stored.index)
             overlap = incoming.index[~is_new]
+            if not overwrite:
+                _refuse_conflicts(stored.loc[overlap], incoming.loc[overlap], f"{symbol} {interval} {market}")
             # a source without the optional columns (public files) must not erase stored ones
             incoming = pd.concat(
                 [incoming[is_new], incoming.loc[overlap].fillna(stored.loc[overlap])]
@@ -179,6 +188,30 @@ def _summarise(frame: pd.DataFrame, interval: str, added: int, updated: int) -> 
         last_open_time=frame.index[-1] if len(frame) else None,
         gaps=gaps,
         missing_candles=missing,
+    )
+
+
+def _refuse_conflicts(old: pd.DataFrame, new: pd.DataFrame, label: str, shown: int = 3) -> None:
+    """Raise naming stored and incoming values where both are known and differ."""
+    from core.errors import CandleConflictError
+
+    if old.empty:
+        return
+    differs = old.notna() & new.notna() & old.ne(new)
+    rows = differs.any(axis=1)
+    if not rows.any():
+        return
+    details = []
+    for when in differs.index[rows][:shown]:
+        cols = [str(c) for c in differs.columns[differs.loc[when]]]
+        pairs = ", ".join(c + " " + str(old.at[when, c]) + " → " + str(new.at[when, c]) for c in cols)
+        details.append(f"{pd.Timestamp(when):%Y-%m-%dT%H:%MZ}: {pairs}")
+    more = f" (+{int(rows.sum()) - shown} more)" if rows.sum() > shown else ""
+    raise CandleConflictError(
+        f"{label}: {int(rows.sum())} stored candle(s) would change, nothing written: "
+        + "; ".join(details)
+        + more
+        + "\n  pass --overwrite if the source corrected them"
     )
 
 

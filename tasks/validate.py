@@ -31,6 +31,12 @@ from tasks.batch import ORIGIN_COLUMNS, CandleBatch, coerce_numeric
 
 log = logging.getLogger(__name__)
 _MAX_ROWS_IN_REPORT = 20
+#: Plausibility: each price of a candle must lie within a factor ``PLAUSIBLE_FACTOR`` of
+#: the median close of its ``NEIGHBOURS`` candles on either side (stored ones included). A
+#: real market never leaves a 10× band around its own day-long median within one candle
+#: (the shared 10 pairs, 1h and 5m, 2020–2025, stay within 1.9×); a typo or an overflow does.
+NEIGHBOURS = 12
+PLAUSIBLE_FACTOR = 10.0
 _gx_lock = threading.Lock()  # GX's ephemeral context is not documented as thread-safe
 
 
@@ -123,11 +129,19 @@ def _suites(step_ms: int) -> tuple[Any, Any, Any]:
     values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="open_time_offset_ms", value_set=[0]))
     values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="close_time_error_ms", value_set=[0]))
     values.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="closed", value_set=[True]))
+    values.add_expectation(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="price_vs_neighbours", min_value=1 / PLAUSIBLE_FACTOR, max_value=PLAUSIBLE_FACTOR
+        )
+    )
     return batch_def, schema, values
 
 
-def prepare(batch: CandleBatch) -> pd.DataFrame:
-    """The numeric frame GX checks: coerced values, derived check columns, origin columns."""
+def prepare(batch: CandleBatch, stored_closes: pd.Series | None = None) -> pd.DataFrame:
+    """The numeric frame GX checks: coerced values, derived check columns, origin columns.
+
+    ``stored_closes`` (close by open time in ms) are the stored neighbours of the batch.
+    """
     frame, unparseable = coerce_numeric(batch.raw)
     step = interval_ms(batch.interval)
     for col in OPTIONAL_COLUMNS:  # public files may lack these; required ones must exist
@@ -144,16 +158,50 @@ def prepare(batch: CandleBatch) -> pd.DataFrame:
         frame["open_time_offset_ms"] = frame["open_time"] % step
         frame["close_time_error_ms"] = frame["close_time"] - frame["open_time"] - (step - 1)
         frame["closed"] = frame["close_time"] < now_ms()  # a candle still forming is not data yet
+        frame["price_vs_neighbours"] = _price_vs_neighbours(frame, stored_closes)
     return frame
 
 
-def validate_batch(batch: CandleBatch) -> tuple[pd.DataFrame, ValidationReport]:
+def _price_vs_neighbours(frame: pd.DataFrame, stored_closes: pd.Series | None) -> pd.Series:
+    """The price of each candle furthest from its neighbours' median close, as a ratio to it.
+
+    1.0 where it cannot be judged (fewer than 7 neighbours known, a value missing): the
+    other checks name those rows.
+    """
+    import numpy as np
+
+    own = pd.Series(frame["close"].to_numpy(), index=frame["open_time"].to_numpy())
+    own = own[own.index.notna() & (own > 0).to_numpy()]
+    reference = (
+        own
+        if stored_closes is None
+        else pd.concat([own, stored_closes[~stored_closes.index.isin(own.index)]])
+    )
+    reference = reference[~reference.index.duplicated()].sort_index()
+    median = reference.rolling(2 * NEIGHBOURS + 1, center=True, min_periods=7).median()
+    centre = median.reindex(frame["open_time"].to_numpy()).to_numpy()
+    prices = frame[list(PRICE_COLUMNS)].to_numpy(dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = prices / centre[:, None]
+        log_dist = np.abs(np.log(ratios))
+    worst = np.argmax(np.where(np.isfinite(log_dist), log_dist, -1.0), axis=1)
+    picked = ratios[np.arange(len(frame)), worst]
+    return pd.Series(np.where(np.isfinite(picked) & (picked > 0), picked, 1.0), index=frame.index)
+
+
+def validate_batch(
+    batch: CandleBatch, stored_closes: pd.Series | None = None
+) -> tuple[pd.DataFrame, ValidationReport]:
     """Run the schema and value suites on a batch.
+
+    Args:
+        batch: the candles.
+        stored_closes: stored closes by open time (ms) around the batch, for plausibility.
 
     Returns:
         The numeric frame (what gets stored when the report is a success) and the report.
     """
-    frame = prepare(batch)
+    frame = prepare(batch, stored_closes)
     step = interval_ms(batch.interval)
     with _gx_lock:
         batch_def, schema, values = _suites(step)

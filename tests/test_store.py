@@ -9,8 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from core.candles import to_store_frame
+from core.errors import CandleConflictError
 from tasks.store import CandleStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +34,13 @@ def test_overlapping_upsert_adds_new_and_takes_corrected_values(
 ) -> None:
     store = CandleStore(tmp_path)
     store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw.iloc[:100]))
+    before = store.path("BTCUSDT", "1h").read_bytes()
     newer = to_store_frame(btc_raw.iloc[50:150])
     newer.iloc[0, newer.columns.get_loc("volume")] += 1.0
-    result = store.upsert("BTCUSDT", "1h", "spot", newer)
+    with pytest.raises(CandleConflictError, match=r"1 stored candle\(s\) would change.*volume [0-9.]+ → "):
+        store.upsert("BTCUSDT", "1h", "spot", newer)  # a changed stored candle is refused ...
+    assert store.path("BTCUSDT", "1h").read_bytes() == before
+    result = store.upsert("BTCUSDT", "1h", "spot", newer, overwrite=True)  # ... unless asked
     assert (result.rows_added, result.rows_updated, result.rows_total) == (50, 1, 150)
     stored = store.read("BTCUSDT", "1h")
     assert stored.index.is_monotonic_increasing and stored.index.is_unique

@@ -5,6 +5,7 @@ These are the plain functions the Prefect flow in ``flows/ingest.py`` composes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from tasks.batch import CandleBatch, coerce_numeric
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import combine_files, read_candle_file
 from tasks.store import CandleStore, UpsertResult
-from tasks.validate import quarantine, validate_batch
+from tasks.validate import NEIGHBOURS, quarantine, validate_batch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,21 @@ class SymbolReport:
         return asdict(self)
 
 
-def store_batch(batch: CandleBatch, settings: Settings) -> SymbolReport:
+def store_batch(batch: CandleBatch, settings: Settings, overwrite: bool = False) -> SymbolReport:
     """Validate a batch and upsert it; a failing batch is quarantined and nothing is stored.
+
+    The stored candles around the batch are its neighbours in the plausibility check, so a
+    one-candle update is judged against the history it extends.
 
     Raises:
         BadDataError: naming the dataset, source file and rows, and the quarantine folder.
+        CandleConflictError: the batch would change stored candles (and not ``overwrite``).
     """
     store = CandleStore(settings.store_dir)
     if batch.raw.empty:
+        log.warning("%s from %s: no candles in the input", batch.label, batch.source)
         return SymbolReport.from_upsert(batch, store.describe(batch.symbol, batch.interval, batch.market))
-    frame, report = validate_batch(batch)
+    frame, report = validate_batch(batch, _stored_closes(store, batch))
     if not report.success:
         folder = quarantine(batch, report, settings.quarantine_dir)
         raise BadDataError(
@@ -76,8 +84,27 @@ def store_batch(batch: CandleBatch, settings: Settings) -> SymbolReport:
             f"nothing stored\n{report.summary()}",
             folder,
         )
-    result = store.upsert(batch.symbol, batch.interval, batch.market, to_store_frame(frame))
+    result = store.upsert(
+        batch.symbol, batch.interval, batch.market, to_store_frame(frame), overwrite=overwrite
+    )
     return SymbolReport.from_upsert(batch, result)
+
+
+def _stored_closes(store: CandleStore, batch: CandleBatch) -> pd.Series | None:
+    """Stored closes (by open time, ms) within the plausibility window of the batch's range."""
+    if "open_time" not in batch.raw:
+        return None
+    times = pd.to_numeric(batch.raw["open_time"], errors="coerce")
+    if times.isna().all():
+        return None
+    times = times.where(times < 10**14, times // 1000)  # µs dumps
+    pad = NEIGHBOURS * interval_ms(batch.interval)
+    start = pd.Timestamp(int(times.min()) - pad, unit="ms", tz="UTC")
+    end = pd.Timestamp(int(times.max()) + pad, unit="ms", tz="UTC")
+    closes = store.read(batch.symbol, batch.interval, batch.market, start, end)["close"]
+    if closes.empty:
+        return None
+    return pd.Series(closes.to_numpy(), index=(closes.index.astype("int64") // 1_000_000).to_numpy())
 
 
 def ingest_files(
@@ -89,6 +116,7 @@ def ingest_files(
     settings: Settings,
     start: pd.Timestamp | None = None,
     end: pd.Timestamp | None = None,
+    overwrite: bool = False,
 ) -> SymbolReport:
     """Read one dataset's files (any order, overlapping), validate and store them.
 
@@ -97,7 +125,7 @@ def ingest_files(
     """
     raw = _in_range(combine_files(read_candle_file(p) for p in paths), start, end)
     names = ", ".join(str(p) for p in paths[:3]) + (f" (+{len(paths) - 3} files)" if len(paths) > 3 else "")
-    return store_batch(CandleBatch(symbol, interval, market, f"{source}: {names}", raw), settings)
+    return store_batch(CandleBatch(symbol, interval, market, f"{source}: {names}", raw), settings, overwrite)
 
 
 def _in_range(raw: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp | None) -> pd.DataFrame:
@@ -151,6 +179,7 @@ def ingest_binance(
     end: pd.Timestamp | None,
     settings: Settings,
     source: BinanceKlineSource | None = None,
+    overwrite: bool = False,
 ) -> SymbolReport:
     """Backfill and/or update one symbol from Binance (closed candles only), then store."""
     source = source or BinanceKlineSource(settings, market)
@@ -165,4 +194,4 @@ def ingest_binance(
     raw = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     if pieces:
         raw["source_row"] = range(1, len(raw) + 1)
-    return store_batch(CandleBatch(symbol, interval, market, f"binance {market}", raw), settings)
+    return store_batch(CandleBatch(symbol, interval, market, f"binance {market}", raw), settings, overwrite)
