@@ -86,12 +86,27 @@ def _run(
         where = f"{err.filename}: " if err.filename else ""
         _fail(as_json, f"{where}{err.strerror or err}", 2, {})
     except Exception as err:  # a bug: still one JSON document, and the traceback on stderr
+        damage = _database_damage(err)
+        if damage:
+            _fail(as_json, damage, 2, {})
         stderr.print_exception()
         _fail(as_json, f"unexpected {type(err).__name__}: {err}", 1, {})
     if as_json:
         emit_json(document)
     elif renderable is not None:
         stdout.print(renderable)
+
+
+def _database_damage(err: BaseException) -> str | None:
+    """A damaged SQLite database (MLflow's, Prefect's) anywhere in the chain: a person must act."""
+    import sqlite3
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlite3.DatabaseError) and not isinstance(seen, sqlite3.OperationalError):
+            return f"a database under the home is damaged ({seen}); restore it or move it aside"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _settings(home: Path | None) -> Settings:
@@ -832,7 +847,7 @@ def deploy(
         import os
 
         from core.errors import BadConfigError
-        from flows.deploy import apply_deployments
+        from flows.deploy import apply_deployments, check_api
 
         if source not in ("store", "binance"):
             raise BadConfigError(f"--source {source!r}: use store or binance")
@@ -841,6 +856,7 @@ def deploy(
                 "qt deploy needs a Prefect server (ephemeral mode forgets deployments): "
                 "run qt ui and export PREFECT_API_URL=http://127.0.0.1:4200/api"
             )
+        check_api(os.environ["PREFECT_API_URL"])
         found = apply_deployments(settings, source)
         rows = [
             [d["name"], ", ".join(f"{s['cron']} {s['timezone']}" for s in d["schedules"]) or "on demand"]

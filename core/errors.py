@@ -84,6 +84,10 @@ class ModelFaultError(QTError):
     """No usable model, or a model produced output that fails its contract."""
 
 
+class BrokenModelError(ModelFaultError, NeedsOperatorError):
+    """A registered model version whose artifacts are missing or cannot be loaded."""
+
+
 class IngestError(QTError):
     """Some symbols of an ingest run failed; the others were stored.
 

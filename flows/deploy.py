@@ -19,6 +19,30 @@ DAILY = "daily-retrain"
 TRIGGERED = "triggered-retrain"
 
 
+def check_api(url: str, timeout_s: float = 5.0) -> None:
+    """Fail naming the URL when no Prefect server answers at ``PREFECT_API_URL``.
+
+    Raises:
+        BadConfigError: ``{url}/health`` does not answer 200 within ``timeout_s``.
+    """
+    import urllib.error
+    import urllib.request
+
+    from core.errors import BadConfigError
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as reply:
+            if reply.status == 200:
+                return
+            problem = f"HTTP {reply.status}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise BadConfigError(
+        f"PREFECT_API_URL {url}: no Prefect server answers ({problem}); start one with qt ui "
+        "or export the URL it prints"
+    )
+
+
 def deployments(settings: Settings, source: str = "store") -> list[Any]:
     """The two retrain deployments (not yet applied), parameterised with the home."""
     from prefect.schedules import Cron

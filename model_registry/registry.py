@@ -146,9 +146,13 @@ def load_ensemble(
 
     Raises:
         BadConfigError: unknown reference, or nothing registered under it.
+        BrokenModelError: the version is registered but its artifacts cannot be loaded
+            (naming the version and where they should be).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from core.errors import BrokenModelError
 
     use_store(settings)
     name = model_name(interval, market)
@@ -162,9 +166,24 @@ def load_ensemble(
             raise BadConfigError(f"--model {ref!r}: use champion, challenger or a version number")
     except MlflowException as exc:
         raise BadConfigError(f"no {name} model {ref!r} in {settings.tracking_uri}; run qt retrain") from exc
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    ensemble: Ensemble = model.unwrap_python_model().ensemble
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        ensemble: Ensemble = model.unwrap_python_model().ensemble
+    except Exception as exc:  # missing or damaged artifacts: name them, never a half-loaded model
+        raise BrokenModelError(
+            f"{name} v{version}: cannot load its artifacts from {_artifact_location(client, name, version)} "
+            f"({type(exc).__name__}: {exc}); promote or retrain another version"
+        ) from exc
     return ensemble, version
+
+
+def _artifact_location(client: Any, name: str, version: str) -> str:
+    """Where a version's files live (the logged model's folder under MLflow 3)."""
+    mv = client.get_model_version(name, version)
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        return str(client.get_logged_model(model_id).artifact_location)
+    return str(mv.source)
 
 
 # -- aliases and their history ----------------------------------------------------------

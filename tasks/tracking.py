@@ -83,9 +83,35 @@ def use_store(settings: Settings) -> None:
     # log models from code instead would be repeated on every registration.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    if settings.mlflow_tracking_uri is None:
+        _check_sqlite(settings.mlflow_dir / "mlflow.db")
+        if not settings.mlflow_dir.exists():
+            settings.mlflow_dir.mkdir(parents=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def _check_sqlite(path: Path) -> None:
+    """Open the home's MLflow database read-only first, so damage is named, not a traceback.
+
+    Raises:
+        BadDataError: the file exists and SQLite cannot read it.
+    """
+    import sqlite3
+    from contextlib import closing
+
+    from core.errors import BadDataError
+
+    if not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise BadDataError(
+            f"{path}: the MLflow store (runs and the model registry) is not a readable SQLite "
+            f"database ({err}); restore it from a backup, or move it aside to start an empty one"
+        ) from err
 
 
 def experiment_id(settings: Settings, name: str) -> str:

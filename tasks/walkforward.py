@@ -137,8 +137,22 @@ class WalkForward:
         )
         for name, part in zip(("train", "valid", "test"), parts, strict=True):
             if part.empty:
-                raise BadDataError(f"walk-forward fold {fold.number}: no {name} rows ({fold.describe()})")
+                raise BadDataError(self._too_little(matrix, fold, name))
         return parts
+
+    def _too_little(self, matrix: pd.DataFrame, fold: Fold, part: str) -> str:
+        """Say how much history the plan needs and how much the data has."""
+        first, last = matrix["open_time"].min(), matrix["open_time"].max()
+        needed = (self.test_end - self.splits()[0].train_end) / pd.Timedelta(days=1)
+        have = (last - first) / pd.Timedelta(days=1) if len(matrix) else 0.0
+        span = f"{first:%Y-%m-%d %H:%M} → {last:%Y-%m-%d %H:%M}" if len(matrix) else "no rows"
+        return (
+            f"walk-forward fold {fold.number} has no {part} rows: the plan needs more than "
+            f"{needed:.0f} days of labelled feature rows before {self.test_end:%Y-%m-%d %H:%M} "
+            f"(test windows, validation, purge and embargo, then training), the data has "
+            f"{have:.0f} days ({span}, after the features' warm-up); ingest earlier candles "
+            "or lower --test-days / --folds"
+        )
 
 
 @dataclass

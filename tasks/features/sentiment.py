@@ -24,8 +24,8 @@ def load_sentiment(path: Path) -> pd.DataFrame:
     """
     try:
         frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise BadDataError(f"{path}: cannot read sentiment CSV ({err})") from err
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise BadDataError(f"{path}: cannot read sentiment CSV ({type(err).__name__}: {err})") from err
     missing = {"timestamp", "score"} - set(frame.columns)
     if missing:
         raise BadDataError(f"{path}: sentiment CSV lacks column(s) {sorted(missing)}")
