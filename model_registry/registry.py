@@ -178,12 +178,8 @@ def load_ensemble(
 
 
 def _artifact_location(client: Any, name: str, version: str) -> str:
-    """Where a version's files live (the logged model's folder under MLflow 3)."""
-    mv = client.get_model_version(name, version)
-    model_id = getattr(mv, "model_id", None)
-    if model_id:
-        return str(client.get_logged_model(model_id).artifact_location)
-    return str(mv.source)
+    """Where a version's files live (what MLflow downloads them from)."""
+    return str(client.get_model_version_download_uri(name, version))
 
 
 # -- aliases and their history ----------------------------------------------------------
