@@ -201,6 +201,9 @@ def ingest(
             interval_ms(interval)
         parse_range(start, end)
         from flows.ingest import Source, ingest_flow
+        from infra.prefect_api import note_ephemeral
+
+        note_ephemeral(settings)
 
         with progress_bars(enabled=not as_json and stderr.is_terminal):
             report = ingest_flow(
@@ -549,6 +552,9 @@ def retrain(
             raise BadConfigError("--profile takes fast|full and --device auto|cpu|gpu")
         if source not in ("auto", "store", "sample", "binance"):
             raise BadConfigError(f"--source {source!r}: use auto, store, sample or binance")
+        from infra.prefect_api import note_ephemeral
+
+        note_ephemeral(settings)
         flow: Any = training_flow
         if workers:
             from prefect.task_runners import ProcessPoolTaskRunner
@@ -777,8 +783,10 @@ def ui(
     """Start the Prefect UI and the MLflow UI on localhost, print their URLs; Ctrl-C stops both.
 
     Both read the home's state: Prefect's database (flow runs, deployments) and MLflow's
-    store (runs, plots, the registry). Export the printed PREFECT_API_URL so qt retrain
-    and qt deploy report to this server instead of an ephemeral one.
+    store (runs, plots, the registry). While it runs, every qt command for this home
+    runs its flows on this server (no ephemeral one to start; the runs show in the UI):
+    the server is recorded in <home>/prefect/server.json. Other shells or homes can
+    export the printed PREFECT_API_URL.
     """
     started: list[Any] = []
 
@@ -794,7 +802,8 @@ def ui(
         }
         stderr.print(
             f"Prefect UI  {servers.prefect_url}\nMLflow UI   {servers.mlflow_url}\n"
-            f"export PREFECT_API_URL={servers.prefect_api}   # flows report to this server\n"
+            f"qt commands for {settings.home} now run their flows on this server by themselves;\n"
+            f"elsewhere: export PREFECT_API_URL={servers.prefect_api}\n"
             "Ctrl-C stops both.",
             highlight=False,
         )
@@ -838,7 +847,8 @@ def deploy(
 ) -> None:
     """Register (and serve) the deployments: daily retrain at 00:00 UTC, triggered retrain.
 
-    Needs a Prefect server: run qt ui and export the PREFECT_API_URL it prints. The
+    Needs a Prefect server: the one qt ui keeps up for this home (found by itself), or
+    PREFECT_API_URL. The
     triggered retrain has no schedule; the live side or a supervisor starts it
     (flows.deploy.request_retrain). The live flow's deployment joins when it lands.
     """
@@ -854,7 +864,7 @@ def deploy(
         if not os.environ.get("PREFECT_API_URL"):
             raise BadConfigError(
                 "qt deploy needs a Prefect server (ephemeral mode forgets deployments): "
-                "run qt ui and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+                f"run qt ui --home {settings.home} in another terminal, or export PREFECT_API_URL"
             )
         check_api(os.environ["PREFECT_API_URL"])
         found = apply_deployments(settings, source)
@@ -884,9 +894,11 @@ def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = Fals
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from flows.training import training_flow
+        from infra.prefect_api import note_ephemeral
         from tasks.models import parse_models
 
         names = parse_models(models)
+        note_ephemeral(settings)
         with progress_bars(enabled=not as_json and stderr.is_terminal):
             doc = training_flow(source="sample", models=names, home=str(settings.home))
         verdict = "promoted to champion" if doc["promoted"] else "not promoted"

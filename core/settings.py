@@ -100,7 +100,18 @@ def configure_environment(settings: Settings) -> None:
     Must run before Prefect, MLflow or Great Expectations are imported: they read these
     variables at import time. Values a user already exported win. Creates nothing: a
     read-only home stays usable by the commands that only read (see :func:`check_home`).
+
+    When ``qt ui`` keeps a Prefect server up for this home and ``PREFECT_API_URL`` is not
+    exported, flows run on that server (``PREFECT_API_URL`` is set to it): no ephemeral
+    server to start, and the runs show in its UI. The check costs a file read and, when a
+    server is recorded, one local HTTP request (:func:`infra.prefect_api.discover`).
     """
+    if "PREFECT_API_URL" not in os.environ:
+        from infra.prefect_api import discover  # stdlib only: cheap, imports no Prefect
+
+        api_url = discover(settings)
+        if api_url is not None:
+            os.environ["PREFECT_API_URL"] = api_url
     defaults = {
         "PREFECT_HOME": str(settings.prefect_home),
         # a fresh ephemeral server migrates its SQLite DB first: ~15 s on 2 cores
@@ -114,6 +125,27 @@ def configure_environment(settings: Settings) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    _exit_without_final_collection()
+
+
+_exit_hook_registered = False
+
+
+def _exit_without_final_collection() -> None:
+    """At exit, spare the interpreter its last garbage collections (~1-2 s with Prefect + GX).
+
+    Registered before any heavy import, the hook runs after every other ``atexit`` handler
+    (they run last-registered first: Prefect's flushes, ``logging.shutdown``) and freezes
+    the surviving objects, so the shutdown collections skip them; the process exits and
+    the OS takes the memory back. Reference counting still frees what it can.
+    """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        import atexit
+        import gc
+
+        atexit.register(gc.freeze)
+        _exit_hook_registered = True
 
 
 def check_home(settings: Settings, *, write: bool) -> None:

@@ -4,6 +4,9 @@ Both run as child processes with the settings STACK.md names: Prefect's host and
 through ``PREFECT_SERVER_API_HOST``/``PREFECT_SERVER_API_PORT`` (its ``--port`` flag does
 not update the UI's settings), MLflow with one worker and job execution off (healthy in
 about 5 s on 2 cores). Their logs go to ``<home>/logs``.
+
+Once both answer, the Prefect API is recorded in the home (:mod:`infra.prefect_api`): every
+``qt`` command for this home then runs its flows on this server instead of an ephemeral one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from core.errors import QTError
 from core.settings import Settings
+from infra.prefect_api import remove_record, write_record
 
 
 @dataclass
@@ -28,6 +32,9 @@ class Servers:
     prefect_url: str
     mlflow_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: ``<home>/prefect/server.json`` once written, and the Prefect server's pid it names.
+    record: Path | None = None
+    record_pid: int = 0
 
     @property
     def prefect_api(self) -> str:
@@ -35,7 +42,10 @@ class Servers:
         return f"{self.prefect_url}/api"
 
     def stop(self) -> None:
-        """Terminate the servers (and wait for them)."""
+        """Forget the record (commands go back to ephemeral mode), terminate the servers, wait."""
+        if self.record is not None:
+            remove_record(self.record, self.record_pid)
+            self.record = None
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -110,6 +120,9 @@ def start(
             checks.append((name, proc, health, logs / f"{name}-server.log"))
         for name, proc, health, log_path in checks:
             _wait_healthy(name, proc, health, log_path, timeout)
+        prefect = servers.processes[0]
+        servers.record = write_record(settings, servers.prefect_api, prefect.pid)
+        servers.record_pid = prefect.pid
     except BaseException:
         servers.stop()
         raise

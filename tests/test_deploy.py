@@ -114,4 +114,4 @@ def test_qt_deploy_without_a_server_is_refused_with_advice(tmp_path: Path) -> No
     command = [*QT, "deploy", "--json"]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert "run qt ui and export PREFECT_API_URL" in json.loads(done.stdout)["error"]
+    assert "run qt ui --home" in json.loads(done.stdout)["error"]
