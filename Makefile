@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/backtest.py
+	$(BIN)/python bench/cli.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache
