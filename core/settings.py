@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # MLflow: a SQLite store and file artifacts under home unless a server is named.
     mlflow_tracking_uri: str | None = Field(default=None, description="e.g. http://127.0.0.1:5000")
 
+    # Trade journal: SQLite under home unless a SQLAlchemy URL is named (e.g. Postgres).
+    journal_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/qt")
+
     # Costs of the backtest (fractions in bps of traded notional, per side).
     taker_fee_bps: float = Field(default=4.0, ge=0)
     maker_fee_bps: float = Field(default=2.0, ge=0)
@@ -80,6 +83,11 @@ class Settings(BaseSettings):
     def tracking_uri(self) -> str:
         """The MLflow tracking (and registry) URI."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def journal_uri(self) -> str:
+        """The trade journal's SQLAlchemy URL."""
+        return self.journal_url or f"sqlite:///{self.home / 'journal' / 'journal.db'}"
 
     @property
     def artifact_root(self) -> str:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the journal (run by :class:`serving.journal.Journal` on open)."""

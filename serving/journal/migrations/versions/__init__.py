@@ -1,0 +1,1 @@
+"""Revisions, oldest first; each file's ``down_revision`` names its parent."""
