@@ -1,0 +1,365 @@
+"""The paper broker: the venue is the journal, fills follow :mod:`tasks.fills`.
+
+State lives in the journal (orders, fills, positions, protective orders), so a restart
+reads back exactly what was open. A market order fills at the symbol's current price (in
+a replay, the next candle's open, set with :meth:`PaperBroker.set_price`) moved by the
+slippage, with the taker fee; :meth:`PaperBroker.on_bar` lets a closed candle trigger the
+stops and take-profits with the backtest's rule (a candle touching both fills the stop).
+Spot is long only; futures trade both sides (leverage, margin and funding are not
+simulated yet). Every state change is one journal transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.errors import BadConfigError
+from serving.brokers.base import (
+    Order,
+    OrderRefusedError,
+    OrderRequest,
+    Position,
+    ProtectedEntry,
+    ReconcileReport,
+    SymbolRules,
+    client_order_id,
+)
+from serving.journal import Journal
+from serving.journal import models as db
+from serving.journal import queries as q
+from tasks.fills import Bar, ExitLeg, closing_side, triggered_exits, validate_exits
+
+_ACCOUNT = "paper_account"
+_FEE_QUANTUM = Decimal("0.00000001")
+
+
+class PaperBroker:
+    """A simulated venue whose book is the journal.
+
+    Args:
+        journal: where orders, fills and positions live.
+        market: ``spot`` (long only) or ``futures``.
+        rules: the tradable symbols and their filters.
+        cash: starting quote balance, recorded on first use (later opens keep the first).
+        quote: the quote asset, e.g. ``USDT``.
+        fee_bps: taker fee per side.
+        slippage_bps: slippage per side on market fills and triggered stops.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        market: Literal["spot", "futures"],
+        rules: Mapping[str, SymbolRules],
+        cash: Decimal,
+        quote: str = "USDT",
+        fee_bps: float = 10.0,
+        slippage_bps: float = 1.0,
+    ) -> None:
+        if market not in ("spot", "futures"):
+            raise BadConfigError(f"unknown market {market!r}; known: spot, futures")
+        self.journal, self.market, self.rules = journal, market, dict(rules)
+        self.quote, self.fee_bps, self.slippage_bps = quote, fee_bps, slippage_bps
+        self.prices: dict[str, Decimal] = {}
+        with journal.transaction() as session:
+            if not q.recent_events(session, limit=1, kind=_ACCOUNT):
+                session.add(
+                    db.Event(kind=_ACCOUNT, detail={"cash": str(cash), "market": market, "quote": quote})
+                )
+
+    # -- prices ---------------------------------------------------------------------------
+    def set_price(self, symbol: str, price: Decimal) -> None:
+        """The price the next market order of ``symbol`` fills at."""
+        self.prices[self._rules(symbol).symbol] = price
+
+    def on_bar(self, symbol: str, bar_time: pd.Timestamp, bar: Bar) -> list[Order]:
+        """A closed candle: trigger the open positions' exits, then price at its close.
+
+        Returns the exit orders it filled.
+        """
+        filled: list[Order] = []
+        with self.journal.transaction() as session:
+            for position in q.open_positions(session, symbol):
+                filled += self._trigger_exits(session, position, bar_time, bar)
+        self.prices[symbol] = Decimal(str(bar.close))
+        return filled
+
+    # -- the protocol ---------------------------------------------------------------------
+    def place_order(self, order: OrderRequest) -> Order:
+        """Fill a market order now; keep a stop / take-profit open until a candle triggers it."""
+        with self.journal.transaction() as session:
+            known = q.order_by_client_id(session, order.client_order_id)
+            if known is not None:  # a retry or a restart: never twice
+                return _as_order(known)
+            row = self._check_and_record(session, order)
+            if order.type == "market":
+                self._fill_market(session, row, _now())
+            return _as_order(row)
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> Order:
+        """Cancel an open order (naming it when it is unknown or no longer open)."""
+        with self.journal.transaction() as session:
+            row = q.order_by_client_id(session, client_order_id)
+            if row is None or row.symbol != symbol:
+                raise BadConfigError(f"{symbol}: no order {client_order_id!r}")
+            if row.status not in db.OPEN_ORDER_STATUSES:
+                raise BadConfigError(f"{symbol} {client_order_id}: already {row.status}")
+            row.status = "canceled"
+            for leg in session.scalars(
+                select(db.ProtectiveOrder).where(db.ProtectiveOrder.order_id == row.id)
+            ):
+                leg.status = "canceled"
+            return _as_order(row)
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        """Orders that may still fill."""
+        return [_as_order(row) for row in self.journal.open_orders(symbol)]
+
+    def positions(self) -> list[Position]:
+        """Open positions."""
+        return [
+            Position(p.symbol, "long" if p.side == "long" else "short", p.quantity, p.entry_price)
+            for p in self.journal.open_positions()
+        ]
+
+    def balance(self) -> dict[str, Decimal]:
+        """Quote cash (and, on spot, the base assets held), computed from the journal's fills."""
+        with self.journal.transaction() as session:
+            start = Decimal(q.recent_events(session, limit=1, kind=_ACCOUNT)[0].detail["cash"])
+            fills = session.scalars(select(db.Fill)).all()
+            fees = sum((f.fee for f in fills), Decimal(0))
+            if self.market == "futures":
+                realised = sum((p.realised_pnl for p in session.scalars(select(db.Position))), Decimal(0))
+                return {self.quote: start + realised - fees}
+            flows = sum(
+                (f.quantity * f.price * (-1 if f.order.side == "buy" else 1) for f in fills), Decimal(0)
+            )
+            held: dict[str, Decimal] = {}
+            for p in q.open_positions(session):
+                base = p.symbol.removesuffix(self.quote)
+                held[base] = held.get(base, Decimal(0)) + p.quantity
+            return {self.quote: start + flows - fees, **held}
+
+    def place_protected(self, entry: ProtectedEntry) -> list[Order]:
+        """Entry, stop and take-profit legs in one transaction, every exit validated first.
+
+        Idempotent: the legs' client order ids derive from the decision, so placing the
+        same entry again returns the orders already placed.
+        """
+        rules = self._rules(entry.symbol)
+        if self.market == "spot" and entry.side == "short":
+            raise OrderRefusedError(f"{entry.symbol}: spot is long only")
+        quantity = rules.round_quantity(entry.quantity)
+        rules.check(quantity, rules.round_price(entry.reference_price))  # LOT_SIZE, MIN_NOTIONAL first
+        stop = rules.round_price(entry.stop)
+        targets = [(rules.round_price(p), rules.round_quantity(n)) for p, n in entry.take_profits]
+        legs = [ExitLeg("stop", float(stop), float(quantity), "stop")]
+        legs += [ExitLeg("take_profit", float(p), float(n), f"tp{i}") for i, (p, n) in enumerate(targets, 1)]
+        validate_exits(entry.side, float(entry.reference_price), float(quantity), legs)
+        side: Literal["buy", "sell"] = "buy" if entry.side == "long" else "sell"
+        exit_side = closing_side(entry.side)
+        names = ["entry", *(leg.name for leg in legs)]
+        ids = {name: client_order_id(entry.symbol, entry.bar_time, name) for name in names}
+        with self.journal.transaction() as session:
+            known = q.order_by_client_id(session, ids["entry"])
+            if known is not None:
+                return [_as_order(row) for cid in ids.values() if (row := q.order_by_client_id(session, cid))]
+            order = OrderRequest(ids["entry"], entry.symbol, side, "market", quantity)
+            entry_row = self._check_and_record(session, order)
+            position = self._fill_market(session, entry_row, _now())
+            position.initial_stop = position.stop = stop
+            rows = [entry_row]
+            for leg in legs:
+                kind: Literal["stop_market", "take_profit_market"] = (
+                    "stop_market" if leg.kind == "stop" else "take_profit_market"
+                )
+                price = stop if leg.kind == "stop" else targets[int(leg.name[2:]) - 1][0]
+                leg_qty = quantity if leg.kind == "stop" else targets[int(leg.name[2:]) - 1][1]
+                request = OrderRequest(
+                    ids[leg.name], entry.symbol, exit_side, kind, leg_qty, stop_price=price,
+                    reduce_only=True, leg=leg.name,
+                )  # fmt: skip
+                row = self._check_and_record(session, request)
+                session.add(
+                    db.ProtectiveOrder(
+                        position=position,
+                        order=row,
+                        kind=leg.kind,
+                        price=price,
+                        quantity=leg_qty,
+                        status="new",
+                    )
+                )
+                rows.append(row)
+            session.flush()
+            return [_as_order(row) for row in rows]
+
+    def reconcile(self) -> ReconcileReport:
+        """Every open position must hold a live stop; re-place a missing one (journalled)."""
+        report = ReconcileReport()
+        with self.journal.transaction() as session:
+            for position in q.open_positions(session):
+                report.positions.append(
+                    Position(position.symbol, _side(position.side), position.quantity, position.entry_price)
+                )
+                if _live_stop(position) is not None:
+                    continue
+                report.missing_stops.append(position.symbol)
+                if position.stop is None:
+                    session.add(db.Event(kind="unprotected", detail={"symbol": position.symbol}))
+                    continue
+                attempt = 1 + sum(1 for leg in position.protective_orders if leg.kind == "stop")
+                request = OrderRequest(
+                    client_order_id(position.symbol, pd.Timestamp(position.opened_at), f"stop{attempt}"),
+                    position.symbol, closing_side(_side(position.side)), "stop_market", position.quantity,
+                    stop_price=position.stop, reduce_only=True, leg="stop",
+                )  # fmt: skip
+                row = self._check_and_record(session, request)
+                session.add(
+                    db.ProtectiveOrder(
+                        position=position, order=row, kind="stop", price=position.stop,
+                        quantity=position.quantity, status="new",
+                    )
+                )  # fmt: skip
+                session.add(
+                    db.Event(
+                        kind="stop_replaced", detail={"symbol": position.symbol, "order": row.client_order_id}
+                    )
+                )
+                report.replaced.append(row.client_order_id)
+            session.flush()
+            report.unprotected_positions = sum(_live_stop(p) is None for p in q.open_positions(session))
+        return report
+
+    def unprotected_positions(self) -> int:
+        """Open positions without a live stop (the goal is always 0)."""
+        return sum(_live_stop(p) is None for p in self.journal.open_positions())
+
+    # -- inside a transaction ---------------------------------------------------------------
+    def _rules(self, symbol: str) -> SymbolRules:
+        if symbol not in self.rules:
+            raise OrderRefusedError(f"unknown symbol {symbol!r}; tradable: {', '.join(sorted(self.rules))}")
+        return self.rules[symbol]
+
+    def _check_and_record(self, session: Session, order: OrderRequest) -> db.Order:
+        rules = self._rules(order.symbol)
+        price = order.stop_price if order.type != "market" else self.prices.get(order.symbol)
+        if price is None:
+            raise OrderRefusedError(f"{order.symbol}: no price yet for a market order (set_price / on_bar)")
+        rules.check(order.quantity, rules.round_price(price) if order.type == "market" else price)
+        if order.type != "market" and not order.reduce_only:
+            raise OrderRefusedError(
+                f"{order.client_order_id}: stop and take-profit orders must be reduce-only"
+            )
+        if self.market == "spot" and order.side == "sell" and not order.reduce_only:
+            raise OrderRefusedError(f"{order.symbol}: spot is long only (a sell must close a position)")
+        row = db.Order(
+            client_order_id=order.client_order_id, symbol=order.symbol, side=order.side, type=order.type,
+            quantity=order.quantity, price=order.price, stop_price=order.stop_price,
+            reduce_only=order.reduce_only, status="new", leg=order.leg,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        return row
+
+    def _fill_market(self, session: Session, row: db.Order, when: datetime) -> db.Position:
+        """Fill a market order at the current price; open, grow or reduce the position."""
+        reference = float(self.prices[row.symbol])
+        side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
+        from tasks.fills import market_fill_price
+
+        price = Decimal(str(market_fill_price(reference, side, self.slippage_bps)))
+        return self._record_fill(session, row, row.quantity, price, when)
+
+    def _record_fill(
+        self, session: Session, row: db.Order, quantity: Decimal, price: Decimal, when: datetime
+    ) -> db.Position:
+        fee = (quantity * price * Decimal(str(self.fee_bps)) / Decimal(10_000)).quantize(_FEE_QUANTUM)
+        session.add(
+            db.Fill(order=row, quantity=quantity, price=price, fee=fee, fee_asset=self.quote, time=when)
+        )
+        row.status = "filled"
+        position = next(iter(q.open_positions(session, row.symbol)), None)
+        direction = "long" if row.side == "buy" else "short"
+        if position is None or (position.side == direction and not row.reduce_only):
+            if position is None:
+                position = db.Position(
+                    symbol=row.symbol, side=direction, quantity=quantity, entry_price=price,
+                    entry_order_id=row.id, opened_at=when,
+                )  # fmt: skip
+                session.add(position)
+            else:
+                total = position.quantity + quantity
+                position.entry_price = (position.entry_price * position.quantity + price * quantity) / total
+                position.quantity = total
+            session.flush()
+            return position
+        closed = min(quantity, position.quantity)
+        sign = 1 if position.side == "long" else -1
+        position.realised_pnl += sign * (price - position.entry_price) * closed
+        position.quantity -= closed
+        if position.quantity == 0:
+            position.closed_at = when
+            for leg in position.protective_orders:
+                if leg.status in db.OPEN_ORDER_STATUSES:
+                    leg.status = leg.order.status = "canceled"
+        session.flush()
+        return position
+
+    def _trigger_exits(
+        self, session: Session, position: db.Position, bar_time: pd.Timestamp, bar: Bar
+    ) -> list[Order]:
+        live = [leg for leg in position.protective_orders if leg.status in db.OPEN_ORDER_STATUSES]
+        legs = [ExitLeg(leg.kind, float(leg.price), float(leg.quantity), str(leg.id)) for leg in live]  # type: ignore[arg-type]
+        fills = triggered_exits(_side(position.side), float(position.quantity), legs, bar, self.slippage_bps)
+        by_id = {str(leg.id): leg for leg in live}
+        done = []
+        for fill in fills:
+            leg = by_id[fill.leg.name]
+            quantity = min(position.quantity, leg.quantity if leg.kind != "stop" else position.quantity)
+            price = Decimal(str(fill.price)) if leg.kind == "stop" else leg.price
+            leg.status = "filled"
+            self._record_fill(session, leg.order, quantity, price, bar_time.to_pydatetime())
+            done.append(_as_order(leg.order))
+            if position.quantity == 0:
+                break
+        return done
+
+
+def _side(side: str) -> Literal["long", "short"]:
+    return "long" if side == "long" else "short"
+
+
+def _live_stop(position: db.Position) -> db.ProtectiveOrder | None:
+    return next(
+        (
+            leg
+            for leg in position.protective_orders
+            if leg.kind == "stop" and leg.status in db.OPEN_ORDER_STATUSES
+        ),
+        None,
+    )
+
+
+def _as_order(row: db.Order) -> Order:
+    status = {"pending": "new", "new": "new", "partially_filled": "new"}.get(row.status, row.status)
+    fills = row.fills
+    filled = sum((f.quantity for f in fills), Decimal(0))
+    average = sum((f.quantity * f.price for f in fills), Decimal(0)) / filled if filled else None
+    return Order(
+        client_order_id=row.client_order_id, symbol=row.symbol, side="buy" if row.side == "buy" else "sell",
+        type=row.type, quantity=row.quantity, status=status, filled_quantity=filled,  # type: ignore[arg-type]
+        average_price=average, stop_price=row.stop_price, reduce_only=row.reduce_only,
+        venue_order_id=str(row.id),
+    )  # fmt: skip
+
+
+def _now() -> datetime:
+    return pd.Timestamp.now(tz="UTC").to_pydatetime()
