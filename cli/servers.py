@@ -1,0 +1,128 @@
+"""``qt ui`` and ``qt deploy``: the Prefect and MLflow servers, and the scheduled deployments."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from cli.app import (
+    HomeOpt,
+    JsonOpt,
+    app,
+    load,
+    run,
+)
+from cli.output import stderr, table
+from core.settings import Settings
+
+
+@app.command()
+def ui(
+    prefect_port: Annotated[int, typer.Option("--prefect-port", help="Prefect server and UI port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="Port of the MLflow UI.")] = 5000,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the Prefect UI and the MLflow UI on localhost, print their URLs; Ctrl-C stops both.
+
+    Both read the home's state: Prefect's database (flow runs, deployments) and MLflow's
+    store (runs, plots, the registry). While it runs, every qt command for this home
+    runs its flows on this server (no ephemeral one to start; the runs show in the UI):
+    the server is recorded in <home>/prefect/server.json. Other shells or homes can
+    export the printed PREFECT_API_URL.
+    """
+    started: list[Any] = []
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from infra.ui import start
+
+        servers = start(settings, prefect_port, mlflow_port)
+        started.append(servers)
+        doc = {
+            "prefect_ui": servers.prefect_url,
+            "prefect_api": servers.prefect_api,
+            "mlflow_ui": servers.mlflow_url,
+        }
+        stderr.print(
+            f"Prefect UI  {servers.prefect_url}\nMLflow UI   {servers.mlflow_url}\n"
+            f"qt commands for {settings.home} now run their flows on this server by themselves;\n"
+            f"elsewhere: export PREFECT_API_URL={servers.prefect_api}\n"
+            "Ctrl-C stops both.",
+            highlight=False,
+        )
+        return doc, None
+
+    run(home, as_json, command)
+    sys.stdout.flush()  # the URLs must reach a pipe before we block
+    _block_until_interrupted(started[0])
+
+
+def _block_until_interrupted(servers: Any) -> None:
+    """Keep the servers up until Ctrl-C or SIGTERM (then stop them), or until one exits."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        code = servers.wait()
+        stderr.print(f"[bold red]error[/]: a server exited with code {code}", highlight=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.stop()
+    if code:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep running and execute runs as they come due.")
+    ] = True,
+    source: Annotated[
+        str, typer.Option("--source", help="Where the scheduled retrains take new candles: store or binance.")
+    ] = "store",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register (and serve) the deployments: daily retrain at 00:00 UTC, triggered retrain.
+
+    Needs a Prefect server: the one qt ui keeps up for this home (found by itself), or
+    PREFECT_API_URL. The
+    triggered retrain has no schedule; the live side or a supervisor starts it
+    (flows.deploy.request_retrain). The live flow's deployment joins when it lands.
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        import os
+
+        from core.errors import BadConfigError
+        from flows.deploy import apply_deployments, check_api
+
+        if source not in ("store", "binance"):
+            raise BadConfigError(f"--source {source!r}: use store or binance")
+        if not os.environ.get("PREFECT_API_URL"):
+            raise BadConfigError(
+                "qt deploy needs a Prefect server (ephemeral mode forgets deployments): "
+                f"run qt ui --home {settings.home} in another terminal, or export PREFECT_API_URL"
+            )
+        check_api(os.environ["PREFECT_API_URL"])
+        found = apply_deployments(settings, source)
+        rows = [
+            [d["name"], ", ".join(f"{s['cron']} {s['timezone']}" for s in d["schedules"]) or "on demand"]
+            for d in found
+        ]
+        doc = {"deployments": found, "serving": serve}
+        return doc, table("Deployments", ["deployment", "schedule"], rows)
+
+    run(home, as_json, command)
+    if serve:
+        from flows.deploy import serve as serve_deployments
+
+        stderr.print("serving the deployments (Ctrl-C stops)", highlight=False)
+        serve_deployments(load(home), source)
