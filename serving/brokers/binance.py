@@ -1,0 +1,551 @@
+"""The Binance broker: USD-M futures through python-binance, every order journalled first.
+
+Orders go out with a client order id derived from the decision; before any send, and
+after any failure whose outcome is unclear (a timeout, a 5xx, "execution status unknown"),
+the broker looks the id up on the venue, so a retry or a restart never enters twice.
+A ``-1021`` (timestamp outside ``recvWindow``) resyncs the clock from ``/time`` and retries
+once. Protective legs are ``STOP_MARKET`` (``closePosition``) and reduce-only
+``TAKE_PROFIT_MARKET``; python-binance routes them to ``/fapi/v1/algoOrder`` and drops
+``newClientOrderId``, so their ids travel as ``clientAlgoId``.
+
+After placing, and on every :meth:`BinanceBroker.reconcile`, open orders are read back: a
+missing stop is re-placed (journalled); a position whose stop is refused twice is closed at
+market. Spot trading through this broker is not built yet: it refuses, saying so.
+Keys come only from the environment (``QT_BINANCE_API_KEY`` / ``_SECRET``), never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Literal
+
+import pandas as pd
+
+from core.errors import BadConfigError, RetryableError
+from core.settings import Settings
+from serving.brokers.base import (
+    Order,
+    OrderRefusedError,
+    OrderRequest,
+    Position,
+    ProtectedEntry,
+    ReconcileReport,
+    SymbolRules,
+    client_order_id,
+)
+from serving.journal import Journal
+from serving.journal import models as db
+from serving.journal import queries as q
+from tasks.fills import ExitLeg, closing_side, validate_exits
+
+log = logging.getLogger(__name__)
+_CONDITIONAL = {"stop_market": "STOP_MARKET", "take_profit_market": "TAKE_PROFIT_MARKET"}
+_UNCLEAR = {-1007}  # "Timeout waiting for response from backend server. Send status unknown"
+_STATUS = {
+    "NEW": "new",
+    "PARTIALLY_FILLED": "new",
+    "FILLED": "filled",
+    "CANCELED": "canceled",
+    "EXPIRED": "expired",
+    "REJECTED": "rejected",
+    "FINISHED": "filled",
+    "TRIGGERED": "new",
+}
+
+
+class BinanceBroker:
+    """USD-M futures on Binance (testnet by default) or any venue speaking its API.
+
+    Args:
+        client: a python-binance ``Client`` (see :meth:`from_settings`).
+        journal: where every order, fill and position is written before and after sending.
+        leverage: set per symbol before its first entry.
+        margin_type: ``ISOLATED`` or ``CROSSED``.
+        tries: sends per order when the venue is unreachable (looked up between tries).
+    """
+
+    def __init__(
+        self, client: Any, journal: Journal, leverage: int = 1, margin_type: str = "ISOLATED", tries: int = 3
+    ) -> None:
+        self.client, self.journal = client, journal
+        self.leverage, self.margin_type, self.tries = leverage, margin_type, tries
+        self.rules = self._load_rules()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, journal: Journal, market: str = "futures") -> BinanceBroker:
+        """A broker with the configured keys and endpoints.
+
+        Raises:
+            BadConfigError: keys missing, or ``market`` is spot (not built yet).
+        """
+        if market != "futures":
+            raise BadConfigError("--broker binance trades USD-M futures only so far; spot is not built yet")
+        if settings.binance_api_key is None or settings.binance_api_secret is None:
+            raise BadConfigError("--broker binance needs QT_BINANCE_API_KEY and QT_BINANCE_API_SECRET")
+        from tasks.ingest.binance import make_client
+
+        return cls(make_client(settings), journal)
+
+    # -- the protocol -----------------------------------------------------------------------
+    def place_order(self, order: OrderRequest) -> Order:
+        """Journal the order, then send it once (looked up on the venue first)."""
+        self._check(order)
+        with self.journal.transaction() as session:
+            if q.order_by_client_id(session, order.client_order_id) is None:
+                session.add(_pending_row(order))
+        try:
+            answer = self._send(order)
+        except OrderRefusedError:
+            with self.journal.transaction() as session:
+                row = q.order_by_client_id(session, order.client_order_id)
+                if row is not None and row.status == "pending":
+                    row.status = "rejected"
+            raise
+        return self._record_answer(order, answer)
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> Order:
+        """Cancel an open order (conditional legs through the algo endpoint)."""
+        row = self.journal.order_by_client_id(client_order_id)
+        if row is None:
+            raise BadConfigError(f"{symbol}: no journalled order {client_order_id!r}")
+        conditional = row.type in _CONDITIONAL
+        params = {"symbol": symbol, ("clientAlgoId" if conditional else "origClientOrderId"): client_order_id}
+        self._call(self.client.futures_cancel_order, **params)
+        with self.journal.transaction() as session:
+            stored = q.order_by_client_id(session, client_order_id)
+            assert stored is not None
+            stored.status = "canceled"
+            for leg in session.query(db.ProtectiveOrder).filter(db.ProtectiveOrder.order_id == stored.id):
+                leg.status = "canceled"
+            return _as_order(stored)
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        """The venue's open orders, regular and conditional."""
+        params = {"symbol": symbol} if symbol else {}
+        plain = self._call(self.client.futures_get_open_orders, **params)
+        algo = self._call(self.client.futures_get_open_orders, conditional=True, **params)
+        return [_venue_order(o) for o in plain] + [_venue_algo(o) for o in algo]
+
+    def positions(self) -> list[Position]:
+        """Open positions on the venue."""
+        out = []
+        for row in self._call(self.client.futures_position_information):
+            amount = Decimal(row["positionAmt"])
+            if amount:
+                side: Literal["long", "short"] = "long" if amount > 0 else "short"
+                out.append(Position(row["symbol"], side, abs(amount), Decimal(row["entryPrice"])))
+        return out
+
+    def balance(self) -> dict[str, Decimal]:
+        """Wallet balance per asset."""
+        return {
+            row["asset"]: Decimal(row["balance"]) for row in self._call(self.client.futures_account_balance)
+        }
+
+    def place_protected(self, entry: ProtectedEntry) -> list[Order]:
+        """Entry at market, then the stop for the whole position and the take-profit legs, verified."""
+        rules = self._rules(entry.symbol)
+        quantity = rules.round_quantity(entry.quantity)
+        rules.check(quantity, rules.round_price(entry.reference_price))
+        stop = rules.round_price(entry.stop)
+        targets = [(rules.round_price(p), rules.round_quantity(n)) for p, n in entry.take_profits]
+        legs = [ExitLeg("stop", float(stop), float(quantity), "stop")]
+        legs += [ExitLeg("take_profit", float(p), float(n), f"tp{i}") for i, (p, n) in enumerate(targets, 1)]
+        validate_exits(entry.side, float(entry.reference_price), float(quantity), legs)
+        for price, size in targets:
+            rules.check(size, price)
+        side: Literal["buy", "sell"] = "buy" if entry.side == "long" else "sell"
+        entry_id = client_order_id(entry.symbol, entry.bar_time, "entry")
+        with self.journal.transaction() as session:  # the plan survives a crash before the exits exist
+            if q.order_by_client_id(session, entry_id) is None:
+                plan = {
+                    "entry": entry_id,
+                    "symbol": entry.symbol,
+                    "side": entry.side,
+                    "stop": str(stop),
+                    "take_profits": [[str(p), str(n)] for p, n in targets],
+                    "bar_time": entry.bar_time.isoformat(),
+                }
+                session.add(db.Event(kind="protected_entry", detail=plan))
+        self._prepare_symbol(entry.symbol)
+        placed = [self.place_order(OrderRequest(entry_id, entry.symbol, side, "market", quantity))]
+        placed += self._protect(entry.symbol, entry.side, entry.bar_time, stop, targets)
+        return placed
+
+    def reconcile(self) -> ReconcileReport:
+        """Read back positions and open orders; re-place a missing stop, close what cannot be protected."""
+        report = ReconcileReport()
+        self._settle_pending()
+        plans = {
+            e.detail["symbol"]: e.detail for e in reversed(self.journal.recent_events(500, "protected_entry"))
+        }
+        for position in self.positions():
+            report.positions.append(position)
+            if self._live_stop(position.symbol):
+                continue
+            report.missing_stops.append(position.symbol)
+            plan = plans.get(position.symbol)
+            if plan is None:  # no plan journalled for it: nobody knows its stop, so do not keep it
+                self._close_at_market(position, "no journalled stop")
+                report.closed_at_market.append(position.symbol)
+                continue
+            bar = pd.Timestamp(plan["bar_time"])
+            targets = [(Decimal(p), Decimal(n)) for p, n in plan["take_profits"]]
+            orders = self._protect(position.symbol, position.side, bar, Decimal(plan["stop"]), targets)
+            report.replaced += [o.client_order_id for o in orders]
+            if not self._live_stop(position.symbol):
+                report.closed_at_market.append(position.symbol)
+        report.unprotected_positions = sum(not self._live_stop(p.symbol) for p in self.positions())
+        return report
+
+    def _settle_pending(self) -> None:
+        """Orders journalled but never confirmed (a crash mid-send): take the venue's word for each."""
+        for row in self.journal.open_orders():
+            if row.status != "pending":
+                continue
+            side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
+            kind = "market" if row.type not in _CONDITIONAL else row.type
+            request = OrderRequest(
+                row.client_order_id,
+                row.symbol,
+                side,
+                kind,  # type: ignore[arg-type]
+                row.quantity,
+                stop_price=row.stop_price,
+                reduce_only=row.reduce_only,
+                leg=row.leg,
+            )
+            answer = self._lookup(request)
+            if answer is not None:
+                self._record_answer(request, answer)
+                continue
+            with self.journal.transaction() as session:
+                stored = q.order_by_client_id(session, row.client_order_id)
+                if stored is not None:
+                    stored.status = "expired"
+                session.add(db.Event(kind="never_reached_venue", detail={"order": row.client_order_id}))
+
+    def unprotected_positions(self) -> int:
+        """Open positions on the venue without a live stop (the goal is always 0)."""
+        return sum(not self._live_stop(p.symbol) for p in self.positions())
+
+    # -- protecting -------------------------------------------------------------------------
+    def _protect(
+        self,
+        symbol: str,
+        side: Literal["long", "short"],
+        bar: pd.Timestamp,
+        stop: Decimal,
+        targets: list[tuple[Decimal, Decimal]],
+    ) -> list[Order]:
+        """Place the stop (re-placed once if refused or missing) and the take-profits."""
+        exit_side = closing_side(side)
+        placed: list[Order] = []
+        for attempt in (1, 2):
+            name = "stop" if attempt == 1 else "stop2"
+            request = OrderRequest(
+                client_order_id(symbol, bar, name),
+                symbol,
+                exit_side,
+                "stop_market",
+                Decimal(0),
+                stop_price=stop,
+                reduce_only=True,
+                leg="stop",
+            )
+            try:
+                placed.append(self.place_order(request))
+            except OrderRefusedError as err:
+                self._event("stop_refused", symbol=symbol, order=request.client_order_id, reason=str(err))
+            if self._live_stop(symbol):
+                break
+            self._event("stop_missing", symbol=symbol, order=request.client_order_id)
+        else:
+            for position in self.positions():
+                if position.symbol == symbol:
+                    self._close_at_market(position, "the stop was refused twice")
+            return placed
+        for i, (price, size) in enumerate(targets, 1):
+            request = OrderRequest(
+                client_order_id(symbol, bar, f"tp{i}"),
+                symbol,
+                exit_side,
+                "take_profit_market",
+                size,
+                stop_price=price,
+                reduce_only=True,
+                leg=f"tp{i}",
+            )
+            try:
+                placed.append(self.place_order(request))
+            except OrderRefusedError as err:  # a missing target costs upside, not protection
+                self._event(
+                    "take_profit_refused", symbol=symbol, order=request.client_order_id, reason=str(err)
+                )
+        return placed
+
+    def _live_stop(self, symbol: str) -> bool:
+        algo = self._call(self.client.futures_get_open_orders, conditional=True, symbol=symbol)
+        return any(o.get("orderType") == "STOP_MARKET" for o in algo)
+
+    def _close_at_market(self, position: Position, why: str) -> None:
+        side = "SELL" if position.side == "long" else "BUY"
+        self._call(
+            self.client.futures_create_order,
+            symbol=position.symbol,
+            side=side,
+            type="MARKET",
+            quantity=str(position.quantity),
+            reduceOnly="true",
+        )
+        self._event("closed_at_market", symbol=position.symbol, reason=why, quantity=str(position.quantity))
+
+    def _prepare_symbol(self, symbol: str) -> None:
+        from binance.exceptions import BinanceAPIException
+
+        self._call(self.client.futures_change_leverage, symbol=symbol, leverage=self.leverage)
+        try:
+            self._call(self.client.futures_change_margin_type, symbol=symbol, marginType=self.margin_type)
+        except OrderRefusedError as err:
+            cause = err.__cause__
+            if not (isinstance(cause, BinanceAPIException) and cause.code == -4046):  # already set
+                raise
+
+    # -- sending once -----------------------------------------------------------------------
+    def _send(self, order: OrderRequest) -> dict[str, Any]:
+        """Create the order unless the venue already has its id; look up after unclear failures."""
+        last: Exception | None = None
+        for _ in range(self.tries):
+            known = self._lookup(order)
+            if known is not None:
+                return known
+            try:
+                return dict(self._call(self.client.futures_create_order, **_params(order)))
+            except RetryableError as err:
+                last = err
+                log.warning("%s: %s; looking it up before trying again", order.client_order_id, err)
+        known = self._lookup(order)
+        if known is not None:
+            return known
+        raise RetryableError(
+            f"{order.client_order_id}: the exchange did not answer {self.tries} times ({last})"
+        )
+
+    def _lookup(self, order: OrderRequest) -> dict[str, Any] | None:
+        from binance.exceptions import BinanceAPIException
+
+        key = "clientAlgoId" if order.type in _CONDITIONAL else "origClientOrderId"
+        try:
+            return dict(self.client.futures_get_order(symbol=order.symbol, **{key: order.client_order_id}))
+        except BinanceAPIException as err:
+            if err.code == -2013:  # no such order
+                return None
+            if err.code == -1021:
+                self._resync()
+                return self._lookup(order)
+            if err.status_code >= 500:
+                return None
+            message = f"{order.symbol}: looking up {order.client_order_id} failed ({err.code}: {err.message})"
+            raise OrderRefusedError(message) from err
+
+    def _call(self, method: Callable[..., Any], **params: Any) -> Any:
+        """One venue call: -1021 resyncs and retries once; 5xx and timeouts are retryable."""
+        import requests
+        from binance.exceptions import BinanceAPIException
+
+        for attempt in (1, 2):
+            try:
+                return method(**params)
+            except BinanceAPIException as err:
+                if err.code == -1021 and attempt == 1:
+                    self._resync()
+                    continue
+                if err.status_code >= 500 or err.code in _UNCLEAR:
+                    raise RetryableError(f"exchange error {err.code}: {err.message}") from err
+                raise OrderRefusedError(
+                    f"{params.get('symbol', '')}: Binance refused ({err.code}: {err.message})"
+                ) from err
+            except (requests.Timeout, requests.ConnectionError) as err:
+                raise RetryableError(f"exchange unreachable: {type(err).__name__}") from err
+        raise AssertionError("unreachable")
+
+    def _resync(self) -> None:
+        server = int(self.client.get_server_time()["serverTime"])
+        self.client.timestamp_offset = server - int(time.time() * 1000)
+        self._event("clock_resync", offset_ms=self.client.timestamp_offset)
+
+    # -- journal ----------------------------------------------------------------------------
+    def _record_answer(self, order: OrderRequest, answer: dict[str, Any]) -> Order:
+        if order.type == "market" and answer.get("status") in ("NEW", None) and "orderId" in answer:
+            answer = dict(
+                self.client.futures_get_order(symbol=order.symbol, origClientOrderId=order.client_order_id)
+            )
+        venue = _venue_algo(answer) if order.type in _CONDITIONAL else _venue_order(answer)
+        with self.journal.transaction() as session:
+            row = q.order_by_client_id(session, order.client_order_id)
+            assert row is not None, "journalled before sending"
+            row.status = venue.status
+            row.venue_order_id = venue.venue_order_id
+            if order.type == "market" and venue.status == "filled" and not row.fills:
+                price = venue.average_price or Decimal(0)
+                session.add(
+                    db.Fill(
+                        order=row,
+                        quantity=venue.filled_quantity,
+                        price=price,
+                        fee=Decimal(0),
+                        fee_asset="USDT",
+                        time=pd.Timestamp.now(tz="UTC").to_pydatetime(),
+                    )
+                )
+                self._journal_position(session, row, venue.filled_quantity, price)
+        return venue
+
+    def _journal_position(self, session: Any, row: db.Order, quantity: Decimal, price: Decimal) -> None:
+        open_ = next(iter(q.open_positions(session, row.symbol)), None)
+        direction = "long" if row.side == "buy" else "short"
+        if open_ is None and not row.reduce_only:
+            session.add(
+                db.Position(
+                    symbol=row.symbol,
+                    side=direction,
+                    quantity=quantity,
+                    entry_price=price,
+                    entry_order_id=row.id,
+                )
+            )
+        elif open_ is not None and row.reduce_only:
+            sign = 1 if open_.side == "long" else -1
+            closed = min(quantity, open_.quantity)
+            open_.realised_pnl += sign * (price - open_.entry_price) * closed
+            open_.quantity -= closed
+            if open_.quantity == 0:
+                open_.closed_at = pd.Timestamp.now(tz="UTC").to_pydatetime()
+
+    def _event(self, kind: str, **detail: Any) -> None:
+        with self.journal.transaction() as session:
+            session.add(db.Event(kind=kind, detail=detail))
+
+    # -- venue rules ------------------------------------------------------------------------
+    def _load_rules(self) -> dict[str, SymbolRules]:
+        info = self._call(self.client.futures_exchange_info)
+        rules = {}
+        for symbol in info["symbols"]:
+            filters = {f["filterType"]: f for f in symbol["filters"]}
+            rules[symbol["symbol"]] = SymbolRules(
+                symbol["symbol"],
+                Decimal(filters["PRICE_FILTER"]["tickSize"]).normalize(),
+                Decimal(filters["LOT_SIZE"]["stepSize"]).normalize(),
+                Decimal(filters["LOT_SIZE"]["minQty"]),
+                Decimal(filters.get("MIN_NOTIONAL", {}).get("notional", "0")),
+            )
+        return rules
+
+    def _rules(self, symbol: str) -> SymbolRules:
+        if symbol not in self.rules:
+            raise OrderRefusedError(f"unknown symbol {symbol!r} on the venue")
+        return self.rules[symbol]
+
+    def _check(self, order: OrderRequest) -> None:
+        rules = self._rules(order.symbol)
+        if order.type in _CONDITIONAL:
+            if (
+                order.stop_price is None
+                or order.stop_price <= 0
+                or rules.round_price(order.stop_price) != order.stop_price
+            ):
+                raise OrderRefusedError(
+                    f"{order.client_order_id}: trigger {order.stop_price} off PRICE_FILTER or ≤ 0"
+                )
+            if order.leg == "stop" or order.quantity == 0:
+                return  # closePosition: the venue closes whatever is open
+        if rules.round_quantity(order.quantity) != order.quantity or order.quantity < rules.min_qty:
+            raise OrderRefusedError(
+                f"{order.symbol}: quantity {order.quantity} off LOT_SIZE (step {rules.step_size}, "
+                f"min {rules.min_qty})"
+            )
+
+
+def _params(order: OrderRequest) -> dict[str, Any]:
+    params: dict[str, Any] = {"symbol": order.symbol, "side": order.side.upper()}
+    if order.type in _CONDITIONAL:
+        params |= {
+            "type": _CONDITIONAL[order.type],
+            "stopPrice": str(order.stop_price),
+            "clientAlgoId": order.client_order_id,
+            "workingType": "CONTRACT_PRICE",
+        }
+        if order.leg == "stop" or order.quantity == 0:
+            params["closePosition"] = "true"
+        else:
+            params |= {"quantity": str(order.quantity), "reduceOnly": "true"}
+        return params
+    params |= {"type": "MARKET", "quantity": str(order.quantity), "newClientOrderId": order.client_order_id}
+    if order.reduce_only:
+        params["reduceOnly"] = "true"
+    return params
+
+
+def _pending_row(order: OrderRequest) -> db.Order:
+    return db.Order(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side,
+        type=order.type,
+        quantity=order.quantity,
+        price=order.price,
+        stop_price=order.stop_price,
+        reduce_only=order.reduce_only,
+        status="pending",
+        leg=order.leg,
+    )
+
+
+def _venue_order(o: dict[str, Any]) -> Order:
+    filled = Decimal(str(o.get("executedQty", "0")))
+    average = Decimal(str(o.get("avgPrice", "0")))
+    kind = {"MARKET": "market", "STOP_MARKET": "stop_market"}.get(str(o.get("type", "MARKET")), "market")
+    return Order(
+        client_order_id=str(o.get("clientOrderId")),
+        symbol=str(o["symbol"]),
+        side="buy" if o.get("side") == "BUY" else "sell",
+        type=kind,  # type: ignore[arg-type]
+        quantity=Decimal(str(o.get("origQty", "0"))),
+        status=_STATUS.get(str(o.get("status")), "new"),  # type: ignore[arg-type]
+        filled_quantity=filled,
+        average_price=average if filled else None,
+        reduce_only=bool(o.get("reduceOnly")),
+        venue_order_id=str(o.get("orderId")),
+    )
+
+
+def _venue_algo(o: dict[str, Any]) -> Order:
+    kind = "stop_market" if o.get("orderType") == "STOP_MARKET" else "take_profit_market"
+    return Order(
+        client_order_id=str(o.get("clientAlgoId")),
+        symbol=str(o.get("symbol", "")),
+        side="buy" if o.get("side") == "BUY" else "sell",
+        type=kind,  # type: ignore[arg-type]
+        quantity=Decimal(str(o.get("quantity") or "0")),
+        status=_STATUS.get(str(o.get("algoStatus", "NEW")), "new"),  # type: ignore[arg-type]
+        stop_price=Decimal(str(o["triggerPrice"])) if o.get("triggerPrice") else None,
+        reduce_only=True,
+        venue_order_id=str(o.get("algoId")),
+    )
+
+
+def _as_order(row: db.Order) -> Order:
+    return Order(
+        client_order_id=row.client_order_id,
+        symbol=row.symbol,
+        side="buy" if row.side == "buy" else "sell",
+        type=row.type,  # type: ignore[arg-type]
+        quantity=row.quantity,
+        status=row.status,  # type: ignore[arg-type]
+        stop_price=row.stop_price,
+        reduce_only=row.reduce_only,
+        venue_order_id=row.venue_order_id,
+    )

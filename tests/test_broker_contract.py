@@ -1,0 +1,272 @@
+"""One contract, two brokers: paper and Binance (the real python-binance client, local exchange).
+
+Each broker is driven over the same real BTC candles; ``advance`` closes the current candle
+(paper: :meth:`PaperBroker.on_bar`; Binance: the exchange clock moves to the next open).
+Then the Binance broker's own faults: every one ends with 0 duplicate entries, 0
+unprotected positions and a consistent journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from infra.exchange import FakeExchange, Fault
+from serving.brokers.base import OrderRefusedError, ProtectedEntry, SymbolRules
+from serving.brokers.binance import BinanceBroker
+from serving.brokers.paper import PaperBroker
+from serving.journal import Journal
+from serving.journal import models as db
+from tasks.fills import Bar, InvalidExitError
+
+START = 3000
+HOUR = 3_600_000
+RULES = {
+    "BTCUSDT": SymbolRules("BTCUSDT", Decimal("0.1"), Decimal("0.001"), Decimal("0.001"), Decimal("100"))
+}
+
+
+@dataclass
+class Venue:
+    """A broker and the means to move its market one candle on."""
+
+    name: str
+    broker: Any
+    candles: pd.DataFrame
+    exchange: FakeExchange | None = None
+    bar: int = START
+
+    def price(self) -> Decimal:
+        return Decimal(str(self.candles["open"].iloc[self.bar]))
+
+    def bar_time(self) -> pd.Timestamp:
+        return pd.Timestamp(int(self.candles["open_time"].iloc[self.bar]), unit="ms", tz="UTC")
+
+    def advance(self) -> None:
+        row = self.candles.iloc[self.bar]
+        if self.exchange is not None:
+            self.exchange.now_ms = int(self.candles["open_time"].iloc[self.bar + 1])
+        else:
+            bar = Bar(float(row["open"]), float(row["high"]), float(row["low"]), float(row["close"]))
+            self.broker.on_bar("BTCUSDT", self.bar_time(), bar)
+            self.broker.set_price("BTCUSDT", Decimal(str(self.candles["open"].iloc[self.bar + 1])))
+        self.bar += 1
+
+    def entry(self, side: str = "long", quantity: str = "0.010", stop_pct: str = "2") -> ProtectedEntry:
+        price, sign = self.price(), Decimal(1 if side == "long" else -1)
+        size = Decimal(quantity)
+        return ProtectedEntry(
+            "BTCUSDT", side, size, price * (1 - sign * Decimal(stop_pct) / 100),  # type: ignore[arg-type]
+            ((price * (1 + sign * Decimal("0.02")), size * Decimal("0.3")),
+             (price * (1 + sign * Decimal("0.04")), size * Decimal("0.3"))),
+            self.bar_time(), price,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def candles(btc_raw: pd.DataFrame) -> pd.DataFrame:
+    return btc_raw.iloc[: START + 600].reset_index(drop=True)
+
+
+@pytest.fixture
+def exchange(candles: pd.DataFrame) -> Iterator[FakeExchange]:
+    ex = FakeExchange(now_ms=int(candles["open_time"].iloc[START]), taker_bps=4)
+    ex.add_candles("BTCUSDT", "1h", candles, market="futures")
+    with ex:
+        yield ex
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+
+
+@pytest.fixture(params=["paper", "binance"])
+def venue(request: pytest.FixtureRequest, candles: pd.DataFrame, journal: Journal) -> Venue:
+    if request.param == "paper":
+        paper = PaperBroker(journal, "futures", RULES, cash=Decimal("10000"), fee_bps=4, slippage_bps=0)
+        paper.set_price("BTCUSDT", Decimal(str(candles["open"].iloc[START])))
+        return Venue("paper", paper, candles)
+    exchange = request.getfixturevalue("exchange")
+    return Venue("binance", BinanceBroker(exchange.client(timeout_s=1.0), journal), candles, exchange)
+
+
+def test_a_protected_entry_is_one_position_with_a_live_stop(venue: Venue) -> None:
+    venue.broker.place_protected(venue.entry())
+    [position] = venue.broker.positions()
+    assert (position.symbol, position.side, position.quantity) == ("BTCUSDT", "long", Decimal("0.010"))
+    assert venue.broker.unprotected_positions() == 0
+    kinds = sorted(o.type for o in venue.broker.open_orders("BTCUSDT"))
+    assert kinds == ["stop_market", "take_profit_market", "take_profit_market"]
+
+
+def test_the_same_decision_twice_sends_nothing_new(venue: Venue) -> None:
+    venue.broker.place_protected(venue.entry())
+    before = sorted(o.client_order_id for o in venue.broker.open_orders())
+    venue.broker.place_protected(venue.entry())  # a retry, or a restart replaying the decision
+    assert sorted(o.client_order_id for o in venue.broker.open_orders()) == before
+    assert [p.quantity for p in venue.broker.positions()] == [Decimal("0.010")]
+    if venue.exchange is not None:
+        entries = [o for o in venue.exchange.orders("futures") if o.client_id.endswith("-entry")]
+        assert len(entries) == 1
+
+
+def test_exits_fill_as_candles_close_until_the_position_is_flat(venue: Venue) -> None:
+    venue.broker.place_protected(venue.entry(stop_pct="1"))
+    for _ in range(500):
+        venue.advance()
+        if not venue.broker.positions():
+            break
+    assert not venue.broker.positions()
+    assert venue.broker.unprotected_positions() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"symbol": "NOPEUSDT"}, OrderRefusedError, "unknown symbol"),
+        ({"quantity": Decimal("0.0004")}, OrderRefusedError, "LOT_SIZE"),
+        ({"stop": Decimal("999999")}, InvalidExitError, "must lie below the entry"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_sent(
+    venue: Venue, change: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    entry = ProtectedEntry(**{**venue.entry().__dict__, **change})
+    with pytest.raises(error, match=message):
+        venue.broker.place_protected(entry)
+    assert not venue.broker.positions() and not venue.broker.open_orders()
+    if venue.exchange is not None:
+        assert venue.exchange.orders("futures") == []
+
+
+def test_reconcile_replaces_a_stop_that_vanished(venue: Venue) -> None:
+    venue.broker.place_protected(venue.entry())
+    stop = next(o for o in venue.broker.open_orders() if o.type == "stop_market")
+    if venue.exchange is not None:
+        venue.exchange.vanish(stop.client_order_id)
+    else:
+        venue.broker.cancel_order("BTCUSDT", stop.client_order_id)
+    assert venue.broker.unprotected_positions() == 1
+    report = venue.broker.reconcile()
+    assert report.missing_stops == ["BTCUSDT"] and report.unprotected_positions == 0
+    assert venue.broker.unprotected_positions() == 0
+
+
+# -- Binance faults: 0 duplicate orders, 0 unprotected positions, a consistent journal --------
+def _binance(exchange: FakeExchange, journal: Journal, candles: pd.DataFrame) -> Venue:
+    return Venue("binance", BinanceBroker(exchange.client(timeout_s=1.0), journal), candles, exchange)
+
+
+def _entries(exchange: FakeExchange) -> int:
+    return sum(o.client_id.endswith("-entry") for o in exchange.orders("futures"))
+
+
+@pytest.mark.parametrize(
+    ("fault", "survives"),
+    [
+        (Fault("accept_timeout", "/fapi/v1/order", delay_s=1.5), True),
+        (Fault("500", "/fapi/v1/order", times=2), True),
+        (Fault("500", "/fapi/v1/algoOrder", times=2), True),
+        (Fault("clock_skew", "*"), True),
+        (Fault("reject", "/fapi/v1/order", code=-2010, method="POST"), False),
+    ],
+    ids=["timeout-after-accept", "entry-5xx-twice", "stop-5xx-twice", "clock-skew", "entry-rejected"],
+)
+def test_binance_faults_end_protected_without_duplicates(
+    exchange: FakeExchange, journal: Journal, candles: pd.DataFrame, fault: Fault, survives: bool
+) -> None:
+    venue = _binance(exchange, journal, candles)
+    exchange.inject(fault)
+    if survives:
+        venue.broker.place_protected(venue.entry())
+        assert [p.quantity for p in venue.broker.positions()] == [Decimal("0.010")]
+    else:
+        with pytest.raises(OrderRefusedError, match="-2010"):
+            venue.broker.place_protected(venue.entry())
+        assert not venue.broker.positions()
+        assert journal.read(lambda s: [o.status for o in s.query(db.Order)]) == ["rejected"]
+    assert _entries(exchange) == (1 if survives else 0)
+    assert venue.broker.unprotected_positions() == 0
+    assert venue.broker.reconcile().unprotected_positions == 0
+
+
+def test_missing_keys_are_a_clear_error(tmp_path: Path, journal: Journal) -> None:
+    from core.settings import load_settings
+
+    settings = load_settings(tmp_path / "home")
+    with pytest.raises(Exception, match="QT_BINANCE_API_KEY"):
+        BinanceBroker.from_settings(settings, journal)
+
+
+CHILD = """
+import sys
+from decimal import Decimal
+import pandas as pd
+from binance.client import Client
+from serving.brokers.base import ProtectedEntry
+from serving.brokers.binance import BinanceBroker
+from serving.journal import Journal
+
+spot, futures, journal_url, price, bar = sys.argv[1:6]
+client = Client("test-key", "test-secret", ping=False)
+client.API_URL = client.API_TESTNET_URL = spot
+client.FUTURES_URL = client.FUTURES_TESTNET_URL = futures
+client.REQUEST_TIMEOUT = 5
+price = Decimal(price)
+entry = ProtectedEntry("BTCUSDT", "long", Decimal("0.010"), price * Decimal("0.98"),
+                       ((price * Decimal("1.02"), Decimal("0.003")),), pd.Timestamp(bar), price)
+BinanceBroker(client, Journal(journal_url)).place_protected(entry)
+"""
+
+
+@pytest.mark.parametrize(
+    "stall", ["/fapi/v1/order", "/fapi/v1/algoOrder"], ids=["during-entry", "before-exits"]
+)
+def test_sigkill_mid_protect_then_restart_ends_with_one_protected_position(
+    exchange: FakeExchange, journal: Journal, candles: pd.DataFrame, tmp_path: Path, stall: str
+) -> None:
+    """SIGKILL while the entry (or the first exit) is on the wire; the stalled request still lands."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli import ROOT
+
+    venue = _binance(exchange, journal, candles)
+    exchange.inject(Fault("timeout", stall, delay_s=2.0, method="POST"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, exchange.spot_url, exchange.futures_url, journal.url.replace("***", ""),
+         str(venue.price()), venue.bar_time().isoformat()],
+        cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(
+        f.client_order_id.endswith("-entry") for f in journal.read(lambda s: list(s.query(db.Order)))
+    ):
+        time.sleep(0.05)
+    time.sleep(0.5)  # the stalled request is now on the wire
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    time.sleep(2.5)  # it lands after all, as a request already sent may on a real venue
+    restarted = BinanceBroker(exchange.client(timeout_s=1.0), Journal(journal.url))
+    report = restarted.reconcile()
+    assert [p.quantity for p in restarted.positions()] == [Decimal("0.010")]
+    assert _entries(exchange) == 1
+    assert report.unprotected_positions == 0 and restarted.unprotected_positions() == 0
+    stops = [o for o in exchange.open_orders("futures") if o.type == "STOP_MARKET"]
+    assert len(stops) == 1
+    assert journal.read(lambda s: s.query(db.Event).filter(db.Event.kind == "protected_entry").count()) == 1
+    statuses = journal.read(lambda s: {o.leg: o.status for o in s.query(db.Order)})
+    assert (
+        statuses["entry"] == "filled" and "pending" not in statuses.values()
+    )  # the journal tells what happened
+    assert [p.symbol for p in journal.open_positions()] == ["BTCUSDT"]
