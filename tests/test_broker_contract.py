@@ -8,6 +8,7 @@ unprotected positions and a consistent journal.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -157,6 +158,10 @@ def test_reconcile_replaces_a_stop_that_vanished(venue: Venue) -> None:
     report = venue.broker.reconcile()
     assert report.missing_stops == ["BTCUSDT"] and report.unprotected_positions == 0
     assert venue.broker.unprotected_positions() == 0
+    if venue.exchange is not None:
+        _record(
+            "stop order vanished from the venue", venue.exchange, venue.broker, venue.broker.journal, True
+        )
 
 
 # -- Binance faults: 0 duplicate orders, 0 unprotected positions, a consistent journal --------
@@ -166,6 +171,43 @@ def _binance(exchange: FakeExchange, journal: Journal, candles: pd.DataFrame) ->
 
 def _entries(exchange: FakeExchange) -> int:
     return sum(o.client_id.endswith("-entry") for o in exchange.orders("futures"))
+
+
+FAULTS: list[dict[str, Any]] = []
+
+
+def _record(
+    fault: str, exchange: FakeExchange, broker: BinanceBroker, journal: Journal, survived: bool
+) -> None:
+    """One row of the README's fault table, measured on the venue and in the journal."""
+    venue_ids = [o.client_id for o in exchange.orders("futures")]
+    journal_ids = set(journal.read(lambda s: [o.client_order_id for o in s.query(db.Order)]))
+    FAULTS.append(
+        {
+            "fault": fault,
+            "survived": survived,
+            "duplicate_orders": len(venue_ids) - len(set(venue_ids)) + max(0, _entries(exchange) - 1),
+            "unprotected_positions": broker.unprotected_positions(),
+            "journal_rows_lost": sum(cid not in journal_ids for cid in venue_ids if cid.startswith("qt-")),
+        }
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fault_table() -> Iterator[None]:
+    yield
+    target = os.environ.get("QT_FAULT_TABLE")
+    if target and FAULTS:
+        header = (
+            "| fault injected | survived | duplicate orders | unprotected positions | journal rows lost |"
+        )
+        lines = [header, "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['fault']} | {'yes' if r['survived'] else 'refused, nothing open'} | "
+            f"{r['duplicate_orders']} | {r['unprotected_positions']} | {r['journal_rows_lost']} |"
+            for r in FAULTS
+        ]
+        Path(target).write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize(
@@ -183,6 +225,9 @@ def test_binance_faults_end_protected_without_duplicates(
     exchange: FakeExchange, journal: Journal, candles: pd.DataFrame, fault: Fault, survives: bool
 ) -> None:
     venue = _binance(exchange, journal, candles)
+    label = f"{fault.kind} on {fault.method or 'any'} {fault.path}" + (
+        f" ×{fault.times}" if fault.times > 1 else ""
+    )
     exchange.inject(fault)
     if survives:
         venue.broker.place_protected(venue.entry())
@@ -195,6 +240,28 @@ def test_binance_faults_end_protected_without_duplicates(
     assert _entries(exchange) == (1 if survives else 0)
     assert venue.broker.unprotected_positions() == 0
     assert venue.broker.reconcile().unprotected_positions == 0
+    _record(label, exchange, venue.broker, journal, survives)
+
+
+def test_exchange_down_for_longer_than_the_retries(
+    exchange: FakeExchange, journal: Journal, candles: pd.DataFrame
+) -> None:
+    """Every call fails for a while: the entry is not placed, nothing is left half-done."""
+    from core.errors import RetryableError
+
+    venue = _binance(exchange, journal, candles)
+    exchange.inject(Fault("500", "*", times=6))
+    with pytest.raises(RetryableError, match="exchange error"):
+        venue.broker.place_protected(venue.entry())
+    for _ in range(10):  # the live loop reconciles every tick until the exchange is back
+        try:
+            report = venue.broker.reconcile()
+            break
+        except RetryableError:
+            continue
+    assert _entries(exchange) == 0 and not venue.broker.positions() and report.unprotected_positions == 0
+    assert "pending" not in journal.read(lambda s: [o.status for o in s.query(db.Order)])
+    _record("exchange down (500 on every call ×6)", exchange, venue.broker, journal, False)
 
 
 def test_missing_keys_are_a_clear_error(tmp_path: Path, journal: Journal) -> None:
@@ -270,3 +337,4 @@ def test_sigkill_mid_protect_then_restart_ends_with_one_protected_position(
         statuses["entry"] == "filled" and "pending" not in statuses.values()
     )  # the journal tells what happened
     assert [p.symbol for p in journal.open_positions()] == ["BTCUSDT"]
+    _record(f"SIGKILL while {stall} is on the wire, then restart", exchange, restarted, journal, True)

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import pandas as pd
+from sqlalchemy import func, select
 
 from core.errors import BadConfigError, RetryableError
 from core.settings import Settings
@@ -244,8 +245,16 @@ class BinanceBroker:
         """Place the stop (re-placed once if refused or missing) and the take-profits."""
         exit_side = closing_side(side)
         placed: list[Order] = []
-        for attempt in (1, 2):
-            name = "stop" if attempt == 1 else "stop2"
+        stops = (
+            select(func.count())
+            .select_from(db.Order)
+            .where(db.Order.symbol == symbol, db.Order.leg == "stop")
+        )
+        tried = int(self.journal.read(lambda session: session.scalar(stops)) or 0)
+        live = self._live_stop(symbol)  # placing the same decision again must not add a stop
+        attempts = [] if live else [tried + 1, tried + 2]
+        for attempt in attempts:  # a re-placed stop gets a new id: the old one may resurface
+            name = "stop" if attempt == 1 else f"stop{attempt}"
             request = OrderRequest(
                 client_order_id(symbol, bar, name),
                 symbol,
@@ -263,7 +272,7 @@ class BinanceBroker:
             if self._live_stop(symbol):
                 break
             self._event("stop_missing", symbol=symbol, order=request.client_order_id)
-        else:
+        if attempts and not self._live_stop(symbol):
             for position in self.positions():
                 if position.symbol == symbol:
                     self._close_at_market(position, "the stop was refused twice")
