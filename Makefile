@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/execution.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache
