@@ -84,6 +84,8 @@ def run(
     except QTError as err:
         partial = err.report if isinstance(err, IngestError) else {}
         fail(as_json, str(err), err.exit_code, partial)
+    except (ConnectionError, TimeoutError) as err:  # transient, not a path: a runtime error
+        fail(as_json, f"{type(err).__name__}: {err}", 1, {})
     except OSError as err:  # a path the environment does not allow: the person must act
         where = f"{err.filename}: " if err.filename else ""
         fail(as_json, f"{where}{err.strerror or err}", 2, {})
