@@ -40,7 +40,7 @@ def _ingest_table(report: dict[str, Any]) -> Any:
         ]
         for r in report["symbols"].values()
     ]
-    columns = ["symbol", "ival", "added", "updated", "total", "first", "last", "gaps"]
+    columns = ["symbol", "ival", "added", "upd", "total", "first", "last", "gaps"]
     columns.append("missing")
     return table("Ingested candles", columns, rows)
 
