@@ -37,24 +37,21 @@ from serving.brokers.base import (
     SymbolRules,
     client_order_id,
 )
+from serving.brokers.binance_api import (
+    CONDITIONAL,
+    order_params,
+    symbol_rules,
+    venue_algo,
+    venue_order,
+)
+from serving.brokers.ledger import apply_fill, order_from_row, order_row, utc_now
 from serving.journal import Journal
 from serving.journal import models as db
 from serving.journal import queries as q
 from tasks.fills import ExitLeg, closing_side, validate_exits
 
 log = logging.getLogger(__name__)
-_CONDITIONAL = {"stop_market": "STOP_MARKET", "take_profit_market": "TAKE_PROFIT_MARKET"}
 _UNCLEAR = {-1007}  # "Timeout waiting for response from backend server. Send status unknown"
-_STATUS = {
-    "NEW": "new",
-    "PARTIALLY_FILLED": "new",
-    "FILLED": "filled",
-    "CANCELED": "canceled",
-    "EXPIRED": "expired",
-    "REJECTED": "rejected",
-    "FINISHED": "filled",
-    "TRIGGERED": "new",
-}
 
 
 class BinanceBroker:
@@ -74,6 +71,7 @@ class BinanceBroker:
         self.client, self.journal = client, journal
         self.leverage, self.margin_type, self.tries = leverage, margin_type, tries
         self.rules = self._load_rules()
+        self._prepared: set[str] = set()  # symbols whose leverage and margin type are set
 
     @classmethod
     def from_settings(cls, settings: Settings, journal: Journal, market: str = "futures") -> BinanceBroker:
@@ -96,7 +94,7 @@ class BinanceBroker:
         self._check(order)
         with self.journal.transaction() as session:
             if q.order_by_client_id(session, order.client_order_id) is None:
-                session.add(_pending_row(order))
+                session.add(order_row(order, "pending"))
         try:
             answer = self._send(order)
         except OrderRefusedError:
@@ -112,7 +110,7 @@ class BinanceBroker:
         row = self.journal.order_by_client_id(client_order_id)
         if row is None:
             raise BadConfigError(f"{symbol}: no journalled order {client_order_id!r}")
-        conditional = row.type in _CONDITIONAL
+        conditional = row.type in CONDITIONAL
         params = {"symbol": symbol, ("clientAlgoId" if conditional else "origClientOrderId"): client_order_id}
         self._call(self.client.futures_cancel_order, **params)
         with self.journal.transaction() as session:
@@ -121,14 +119,14 @@ class BinanceBroker:
             stored.status = "canceled"
             for leg in session.query(db.ProtectiveOrder).filter(db.ProtectiveOrder.order_id == stored.id):
                 leg.status = "canceled"
-            return _as_order(stored)
+            return order_from_row(stored)
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         """The venue's open orders, regular and conditional."""
         params = {"symbol": symbol} if symbol else {}
         plain = self._call(self.client.futures_get_open_orders, **params)
         algo = self._call(self.client.futures_get_open_orders, conditional=True, **params)
-        return [_venue_order(o) for o in plain] + [_venue_algo(o) for o in algo]
+        return [venue_order(o) for o in plain] + [venue_algo(o) for o in algo]
 
     def positions(self) -> list[Position]:
         """Open positions on the venue."""
@@ -208,7 +206,7 @@ class BinanceBroker:
             if row.status != "pending":
                 continue
             side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
-            kind = "market" if row.type not in _CONDITIONAL else row.type
+            kind = "market" if row.type not in CONDITIONAL else row.type
             request = OrderRequest(
                 row.client_order_id,
                 row.symbol,
@@ -251,9 +249,10 @@ class BinanceBroker:
             .where(db.Order.symbol == symbol, db.Order.leg == "stop")
         )
         tried = int(self.journal.read(lambda session: session.scalar(stops)) or 0)
-        live = self._live_stop(symbol)  # placing the same decision again must not add a stop
-        attempts = [] if live else [tried + 1, tried + 2]
-        for attempt in attempts:  # a re-placed stop gets a new id: the old one may resurface
+        protected = self._live_stop(symbol)  # placing the same decision again must not add a stop
+        for attempt in (
+            [] if protected else [tried + 1, tried + 2]
+        ):  # a re-placed stop gets a new id: the old one may resurface
             name = "stop" if attempt == 1 else f"stop{attempt}"
             request = OrderRequest(
                 client_order_id(symbol, bar, name),
@@ -269,10 +268,11 @@ class BinanceBroker:
                 placed.append(self.place_order(request))
             except OrderRefusedError as err:
                 self._event("stop_refused", symbol=symbol, order=request.client_order_id, reason=str(err))
-            if self._live_stop(symbol):
+            protected = self._live_stop(symbol)
+            if protected:
                 break
             self._event("stop_missing", symbol=symbol, order=request.client_order_id)
-        if attempts and not self._live_stop(symbol):
+        if not protected:
             for position in self.positions():
                 if position.symbol == symbol:
                     self._close_at_market(position, "the stop was refused twice")
@@ -313,8 +313,11 @@ class BinanceBroker:
         self._event("closed_at_market", symbol=position.symbol, reason=why, quantity=str(position.quantity))
 
     def _prepare_symbol(self, symbol: str) -> None:
+        """Leverage and margin type, once per symbol and broker (not on every entry)."""
         from binance.exceptions import BinanceAPIException
 
+        if symbol in self._prepared:
+            return
         self._call(self.client.futures_change_leverage, symbol=symbol, leverage=self.leverage)
         try:
             self._call(self.client.futures_change_margin_type, symbol=symbol, marginType=self.margin_type)
@@ -322,6 +325,7 @@ class BinanceBroker:
             cause = err.__cause__
             if not (isinstance(cause, BinanceAPIException) and cause.code == -4046):  # already set
                 raise
+        self._prepared.add(symbol)
 
     # -- sending once -----------------------------------------------------------------------
     def _send(self, order: OrderRequest) -> dict[str, Any]:
@@ -332,7 +336,7 @@ class BinanceBroker:
             if known is not None:
                 return known
             try:
-                return dict(self._call(self.client.futures_create_order, **_params(order)))
+                return dict(self._call(self.client.futures_create_order, **order_params(order)))
             except RetryableError as err:
                 last = err
                 log.warning("%s: %s; looking it up before trying again", order.client_order_id, err)
@@ -346,7 +350,7 @@ class BinanceBroker:
     def _lookup(self, order: OrderRequest) -> dict[str, Any] | None:
         from binance.exceptions import BinanceAPIException
 
-        key = "clientAlgoId" if order.type in _CONDITIONAL else "origClientOrderId"
+        key = "clientAlgoId" if order.type in CONDITIONAL else "origClientOrderId"
         try:
             return dict(self.client.futures_get_order(symbol=order.symbol, **{key: order.client_order_id}))
         except BinanceAPIException as err:
@@ -365,12 +369,14 @@ class BinanceBroker:
         import requests
         from binance.exceptions import BinanceAPIException
 
-        for attempt in (1, 2):
+        resynced = False
+        while True:
             try:
                 return method(**params)
             except BinanceAPIException as err:
-                if err.code == -1021 and attempt == 1:
+                if err.code == -1021 and not resynced:
                     self._resync()
+                    resynced = True
                     continue
                 if err.status_code >= 500 or err.code in _UNCLEAR:
                     raise RetryableError(f"exchange error {err.code}: {err.message}") from err
@@ -379,7 +385,6 @@ class BinanceBroker:
                 ) from err
             except (requests.Timeout, requests.ConnectionError) as err:
                 raise RetryableError(f"exchange unreachable: {type(err).__name__}") from err
-        raise AssertionError("unreachable")
 
     def _resync(self) -> None:
         server = int(self.client.get_server_time()["serverTime"])
@@ -392,7 +397,7 @@ class BinanceBroker:
             answer = dict(
                 self.client.futures_get_order(symbol=order.symbol, origClientOrderId=order.client_order_id)
             )
-        venue = _venue_algo(answer) if order.type in _CONDITIONAL else _venue_order(answer)
+        venue = venue_algo(answer) if order.type in CONDITIONAL else venue_order(answer)
         with self.journal.transaction() as session:
             row = q.order_by_client_id(session, order.client_order_id)
             assert row is not None, "journalled before sending"
@@ -400,39 +405,8 @@ class BinanceBroker:
             row.venue_order_id = venue.venue_order_id
             if order.type == "market" and venue.status == "filled" and not row.fills:
                 price = venue.average_price or Decimal(0)
-                session.add(
-                    db.Fill(
-                        order=row,
-                        quantity=venue.filled_quantity,
-                        price=price,
-                        fee=Decimal(0),
-                        fee_asset="USDT",
-                        time=pd.Timestamp.now(tz="UTC").to_pydatetime(),
-                    )
-                )
-                self._journal_position(session, row, venue.filled_quantity, price)
+                apply_fill(session, row, venue.filled_quantity, price, Decimal(0), "USDT", utc_now())
         return venue
-
-    def _journal_position(self, session: Any, row: db.Order, quantity: Decimal, price: Decimal) -> None:
-        open_ = next(iter(q.open_positions(session, row.symbol)), None)
-        direction = "long" if row.side == "buy" else "short"
-        if open_ is None and not row.reduce_only:
-            session.add(
-                db.Position(
-                    symbol=row.symbol,
-                    side=direction,
-                    quantity=quantity,
-                    entry_price=price,
-                    entry_order_id=row.id,
-                )
-            )
-        elif open_ is not None and row.reduce_only:
-            sign = 1 if open_.side == "long" else -1
-            closed = min(quantity, open_.quantity)
-            open_.realised_pnl += sign * (price - open_.entry_price) * closed
-            open_.quantity -= closed
-            if open_.quantity == 0:
-                open_.closed_at = pd.Timestamp.now(tz="UTC").to_pydatetime()
 
     def _event(self, kind: str, **detail: Any) -> None:
         with self.journal.transaction() as session:
@@ -440,18 +414,7 @@ class BinanceBroker:
 
     # -- venue rules ------------------------------------------------------------------------
     def _load_rules(self) -> dict[str, SymbolRules]:
-        info = self._call(self.client.futures_exchange_info)
-        rules = {}
-        for symbol in info["symbols"]:
-            filters = {f["filterType"]: f for f in symbol["filters"]}
-            rules[symbol["symbol"]] = SymbolRules(
-                symbol["symbol"],
-                Decimal(filters["PRICE_FILTER"]["tickSize"]).normalize(),
-                Decimal(filters["LOT_SIZE"]["stepSize"]).normalize(),
-                Decimal(filters["LOT_SIZE"]["minQty"]),
-                Decimal(filters.get("MIN_NOTIONAL", {}).get("notional", "0")),
-            )
-        return rules
+        return symbol_rules(self._call(self.client.futures_exchange_info))
 
     def _rules(self, symbol: str) -> SymbolRules:
         if symbol not in self.rules:
@@ -460,7 +423,7 @@ class BinanceBroker:
 
     def _check(self, order: OrderRequest) -> None:
         rules = self._rules(order.symbol)
-        if order.type in _CONDITIONAL:
+        if order.type in CONDITIONAL:
             if (
                 order.stop_price is None
                 or order.stop_price <= 0
@@ -476,85 +439,3 @@ class BinanceBroker:
                 f"{order.symbol}: quantity {order.quantity} off LOT_SIZE (step {rules.step_size}, "
                 f"min {rules.min_qty})"
             )
-
-
-def _params(order: OrderRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {"symbol": order.symbol, "side": order.side.upper()}
-    if order.type in _CONDITIONAL:
-        params |= {
-            "type": _CONDITIONAL[order.type],
-            "stopPrice": str(order.stop_price),
-            "clientAlgoId": order.client_order_id,
-            "workingType": "CONTRACT_PRICE",
-        }
-        if order.leg == "stop" or order.quantity == 0:
-            params["closePosition"] = "true"
-        else:
-            params |= {"quantity": str(order.quantity), "reduceOnly": "true"}
-        return params
-    params |= {"type": "MARKET", "quantity": str(order.quantity), "newClientOrderId": order.client_order_id}
-    if order.reduce_only:
-        params["reduceOnly"] = "true"
-    return params
-
-
-def _pending_row(order: OrderRequest) -> db.Order:
-    return db.Order(
-        client_order_id=order.client_order_id,
-        symbol=order.symbol,
-        side=order.side,
-        type=order.type,
-        quantity=order.quantity,
-        price=order.price,
-        stop_price=order.stop_price,
-        reduce_only=order.reduce_only,
-        status="pending",
-        leg=order.leg,
-    )
-
-
-def _venue_order(o: dict[str, Any]) -> Order:
-    filled = Decimal(str(o.get("executedQty", "0")))
-    average = Decimal(str(o.get("avgPrice", "0")))
-    kind = {"MARKET": "market", "STOP_MARKET": "stop_market"}.get(str(o.get("type", "MARKET")), "market")
-    return Order(
-        client_order_id=str(o.get("clientOrderId")),
-        symbol=str(o["symbol"]),
-        side="buy" if o.get("side") == "BUY" else "sell",
-        type=kind,  # type: ignore[arg-type]
-        quantity=Decimal(str(o.get("origQty", "0"))),
-        status=_STATUS.get(str(o.get("status")), "new"),  # type: ignore[arg-type]
-        filled_quantity=filled,
-        average_price=average if filled else None,
-        reduce_only=bool(o.get("reduceOnly")),
-        venue_order_id=str(o.get("orderId")),
-    )
-
-
-def _venue_algo(o: dict[str, Any]) -> Order:
-    kind = "stop_market" if o.get("orderType") == "STOP_MARKET" else "take_profit_market"
-    return Order(
-        client_order_id=str(o.get("clientAlgoId")),
-        symbol=str(o.get("symbol", "")),
-        side="buy" if o.get("side") == "BUY" else "sell",
-        type=kind,  # type: ignore[arg-type]
-        quantity=Decimal(str(o.get("quantity") or "0")),
-        status=_STATUS.get(str(o.get("algoStatus", "NEW")), "new"),  # type: ignore[arg-type]
-        stop_price=Decimal(str(o["triggerPrice"])) if o.get("triggerPrice") else None,
-        reduce_only=True,
-        venue_order_id=str(o.get("algoId")),
-    )
-
-
-def _as_order(row: db.Order) -> Order:
-    return Order(
-        client_order_id=row.client_order_id,
-        symbol=row.symbol,
-        side="buy" if row.side == "buy" else "sell",
-        type=row.type,  # type: ignore[arg-type]
-        quantity=row.quantity,
-        status=row.status,  # type: ignore[arg-type]
-        stop_price=row.stop_price,
-        reduce_only=row.reduce_only,
-        venue_order_id=row.venue_order_id,
-    )

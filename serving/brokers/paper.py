@@ -31,10 +31,11 @@ from serving.brokers.base import (
     SymbolRules,
     client_order_id,
 )
+from serving.brokers.ledger import apply_fill, live_stop, order_from_row, order_row, position_side, utc_now
 from serving.journal import Journal
 from serving.journal import models as db
 from serving.journal import queries as q
-from tasks.fills import Bar, ExitLeg, closing_side, triggered_exits, validate_exits
+from tasks.fills import Bar, ExitLeg, closing_side, market_fill_price, triggered_exits, validate_exits
 
 _ACCOUNT = "paper_account"
 _FEE_QUANTUM = Decimal("0.00000001")
@@ -97,11 +98,11 @@ class PaperBroker:
         with self.journal.transaction() as session:
             known = q.order_by_client_id(session, order.client_order_id)
             if known is not None:  # a retry or a restart: never twice
-                return _as_order(known)
+                return order_from_row(known)
             row = self._check_and_record(session, order)
             if order.type == "market":
-                self._fill_market(session, row, _now())
-            return _as_order(row)
+                self._fill_market(session, row, utc_now())
+            return order_from_row(row)
 
     def cancel_order(self, symbol: str, client_order_id: str) -> Order:
         """Cancel an open order (naming it when it is unknown or no longer open)."""
@@ -116,16 +117,16 @@ class PaperBroker:
                 select(db.ProtectiveOrder).where(db.ProtectiveOrder.order_id == row.id)
             ):
                 leg.status = "canceled"
-            return _as_order(row)
+            return order_from_row(row)
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         """Orders that may still fill."""
-        return [_as_order(row) for row in self.journal.open_orders(symbol)]
+        return [order_from_row(row) for row in self.journal.open_orders(symbol)]
 
     def positions(self) -> list[Position]:
         """Open positions."""
         return [
-            Position(p.symbol, "long" if p.side == "long" else "short", p.quantity, p.entry_price)
+            Position(p.symbol, position_side(p.side), p.quantity, p.entry_price)
             for p in self.journal.open_positions()
         ]
 
@@ -170,10 +171,12 @@ class PaperBroker:
         with self.journal.transaction() as session:
             known = q.order_by_client_id(session, ids["entry"])
             if known is not None:
-                return [_as_order(row) for cid in ids.values() if (row := q.order_by_client_id(session, cid))]
+                placed = [q.order_by_client_id(session, cid) for cid in ids.values()]
+                return [order_from_row(row) for row in placed if row is not None]
             order = OrderRequest(ids["entry"], entry.symbol, side, "market", quantity)
             entry_row = self._check_and_record(session, order)
-            position = self._fill_market(session, entry_row, _now())
+            position = self._fill_market(session, entry_row, utc_now())
+            assert position is not None, "an entry that is not reduce-only always opens a position"
             position.initial_stop = position.stop = stop
             rows = [entry_row]
             for leg in legs:
@@ -199,17 +202,17 @@ class PaperBroker:
                 )
                 rows.append(row)
             session.flush()
-            return [_as_order(row) for row in rows]
+            return [order_from_row(row) for row in rows]
 
     def reconcile(self) -> ReconcileReport:
         """Every open position must hold a live stop; re-place a missing one (journalled)."""
         report = ReconcileReport()
         with self.journal.transaction() as session:
             for position in q.open_positions(session):
-                report.positions.append(
-                    Position(position.symbol, _side(position.side), position.quantity, position.entry_price)
-                )
-                if _live_stop(position) is not None:
+                side = position_side(position.side)
+                held = Position(position.symbol, side, position.quantity, position.entry_price)
+                report.positions.append(held)
+                if live_stop(position) is not None:
                     continue
                 report.missing_stops.append(position.symbol)
                 if position.stop is None:
@@ -218,7 +221,7 @@ class PaperBroker:
                 attempt = 1 + sum(1 for leg in position.protective_orders if leg.kind == "stop")
                 request = OrderRequest(
                     client_order_id(position.symbol, pd.Timestamp(position.opened_at), f"stop{attempt}"),
-                    position.symbol, closing_side(_side(position.side)), "stop_market", position.quantity,
+                    position.symbol, closing_side(side), "stop_market", position.quantity,
                     stop_price=position.stop, reduce_only=True, leg="stop",
                 )  # fmt: skip
                 row = self._check_and_record(session, request)
@@ -235,12 +238,12 @@ class PaperBroker:
                 )
                 report.replaced.append(row.client_order_id)
             session.flush()
-            report.unprotected_positions = sum(_live_stop(p) is None for p in q.open_positions(session))
+            report.unprotected_positions = sum(live_stop(p) is None for p in q.open_positions(session))
         return report
 
     def unprotected_positions(self) -> int:
         """Open positions without a live stop (the goal is always 0)."""
-        return sum(_live_stop(p) is None for p in self.journal.open_positions())
+        return sum(live_stop(p) is None for p in self.journal.open_positions())
 
     # -- inside a transaction ---------------------------------------------------------------
     def _rules(self, symbol: str) -> SymbolRules:
@@ -260,65 +263,32 @@ class PaperBroker:
             )
         if self.market == "spot" and order.side == "sell" and not order.reduce_only:
             raise OrderRefusedError(f"{order.symbol}: spot is long only (a sell must close a position)")
-        row = db.Order(
-            client_order_id=order.client_order_id, symbol=order.symbol, side=order.side, type=order.type,
-            quantity=order.quantity, price=order.price, stop_price=order.stop_price,
-            reduce_only=order.reduce_only, status="new", leg=order.leg,
-        )  # fmt: skip
+        row = order_row(order, "new")
         session.add(row)
         session.flush()
         return row
 
-    def _fill_market(self, session: Session, row: db.Order, when: datetime) -> db.Position:
+    def _fill_market(self, session: Session, row: db.Order, when: datetime) -> db.Position | None:
         """Fill a market order at the current price; open, grow or reduce the position."""
         reference = float(self.prices[row.symbol])
         side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
-        from tasks.fills import market_fill_price
-
         price = Decimal(str(market_fill_price(reference, side, self.slippage_bps)))
         return self._record_fill(session, row, row.quantity, price, when)
 
     def _record_fill(
         self, session: Session, row: db.Order, quantity: Decimal, price: Decimal, when: datetime
-    ) -> db.Position:
+    ) -> db.Position | None:
         fee = (quantity * price * Decimal(str(self.fee_bps)) / Decimal(10_000)).quantize(_FEE_QUANTUM)
-        session.add(
-            db.Fill(order=row, quantity=quantity, price=price, fee=fee, fee_asset=self.quote, time=when)
-        )
-        row.status = "filled"
-        position = next(iter(q.open_positions(session, row.symbol)), None)
-        direction = "long" if row.side == "buy" else "short"
-        if position is None or (position.side == direction and not row.reduce_only):
-            if position is None:
-                position = db.Position(
-                    symbol=row.symbol, side=direction, quantity=quantity, entry_price=price,
-                    entry_order_id=row.id, opened_at=when,
-                )  # fmt: skip
-                session.add(position)
-            else:
-                total = position.quantity + quantity
-                position.entry_price = (position.entry_price * position.quantity + price * quantity) / total
-                position.quantity = total
-            session.flush()
-            return position
-        closed = min(quantity, position.quantity)
-        sign = 1 if position.side == "long" else -1
-        position.realised_pnl += sign * (price - position.entry_price) * closed
-        position.quantity -= closed
-        if position.quantity == 0:
-            position.closed_at = when
-            for leg in position.protective_orders:
-                if leg.status in db.OPEN_ORDER_STATUSES:
-                    leg.status = leg.order.status = "canceled"
-        session.flush()
-        return position
+        return apply_fill(session, row, quantity, price, fee, self.quote, when)
 
     def _trigger_exits(
         self, session: Session, position: db.Position, bar_time: pd.Timestamp, bar: Bar
     ) -> list[Order]:
         live = [leg for leg in position.protective_orders if leg.status in db.OPEN_ORDER_STATUSES]
         legs = [ExitLeg(leg.kind, float(leg.price), float(leg.quantity), str(leg.id)) for leg in live]  # type: ignore[arg-type]
-        fills = triggered_exits(_side(position.side), float(position.quantity), legs, bar, self.slippage_bps)
+        fills = triggered_exits(
+            position_side(position.side), float(position.quantity), legs, bar, self.slippage_bps
+        )
         by_id = {str(leg.id): leg for leg in live}
         done = []
         for fill in fills:
@@ -327,39 +297,7 @@ class PaperBroker:
             price = Decimal(str(fill.price)) if leg.kind == "stop" else leg.price
             leg.status = "filled"
             self._record_fill(session, leg.order, quantity, price, bar_time.to_pydatetime())
-            done.append(_as_order(leg.order))
+            done.append(order_from_row(leg.order))
             if position.quantity == 0:
                 break
         return done
-
-
-def _side(side: str) -> Literal["long", "short"]:
-    return "long" if side == "long" else "short"
-
-
-def _live_stop(position: db.Position) -> db.ProtectiveOrder | None:
-    return next(
-        (
-            leg
-            for leg in position.protective_orders
-            if leg.kind == "stop" and leg.status in db.OPEN_ORDER_STATUSES
-        ),
-        None,
-    )
-
-
-def _as_order(row: db.Order) -> Order:
-    status = {"pending": "new", "new": "new", "partially_filled": "new"}.get(row.status, row.status)
-    fills = row.fills
-    filled = sum((f.quantity for f in fills), Decimal(0))
-    average = sum((f.quantity * f.price for f in fills), Decimal(0)) / filled if filled else None
-    return Order(
-        client_order_id=row.client_order_id, symbol=row.symbol, side="buy" if row.side == "buy" else "sell",
-        type=row.type, quantity=row.quantity, status=status, filled_quantity=filled,  # type: ignore[arg-type]
-        average_price=average, stop_price=row.stop_price, reduce_only=row.reduce_only,
-        venue_order_id=str(row.id),
-    )  # fmt: skip
-
-
-def _now() -> datetime:
-    return pd.Timestamp.now(tz="UTC").to_pydatetime()
