@@ -16,16 +16,13 @@ Keys come only from the environment (``QT_BINANCE_API_KEY`` / ``_SECRET``), neve
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import func, select
 
-from core.errors import BadConfigError, RetryableError
+from core.errors import BadConfigError
 from core.settings import Settings
 from serving.brokers.base import (
     Order,
@@ -39,19 +36,16 @@ from serving.brokers.base import (
 )
 from serving.brokers.binance_api import (
     CONDITIONAL,
-    order_params,
     symbol_rules,
     venue_algo,
     venue_order,
 )
+from serving.brokers.binance_venue import FuturesVenue
 from serving.brokers.ledger import apply_fill, order_from_row, order_row, utc_now
 from serving.journal import Journal
 from serving.journal import models as db
 from serving.journal import queries as q
 from tasks.fills import ExitLeg, closing_side, validate_exits
-
-log = logging.getLogger(__name__)
-_UNCLEAR = {-1007}  # "Timeout waiting for response from backend server. Send status unknown"
 
 
 class BinanceBroker:
@@ -70,6 +64,7 @@ class BinanceBroker:
     ) -> None:
         self.client, self.journal = client, journal
         self.leverage, self.margin_type, self.tries = leverage, margin_type, tries
+        self.venue = FuturesVenue(client, tries, lambda offset: self._event("clock_resync", offset_ms=offset))
         self.rules = self._load_rules()
         self._prepared: set[str] = set()  # symbols whose leverage and margin type are set
 
@@ -96,7 +91,7 @@ class BinanceBroker:
             if q.order_by_client_id(session, order.client_order_id) is None:
                 session.add(order_row(order, "pending"))
         try:
-            answer = self._send(order)
+            answer = self.venue.send(order)
         except OrderRefusedError:
             with self.journal.transaction() as session:
                 row = q.order_by_client_id(session, order.client_order_id)
@@ -112,7 +107,7 @@ class BinanceBroker:
             raise BadConfigError(f"{symbol}: no journalled order {client_order_id!r}")
         conditional = row.type in CONDITIONAL
         params = {"symbol": symbol, ("clientAlgoId" if conditional else "origClientOrderId"): client_order_id}
-        self._call(self.client.futures_cancel_order, **params)
+        self.venue.call(self.client.futures_cancel_order, **params)
         with self.journal.transaction() as session:
             stored = q.order_by_client_id(session, client_order_id)
             assert stored is not None
@@ -124,14 +119,14 @@ class BinanceBroker:
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         """The venue's open orders, regular and conditional."""
         params = {"symbol": symbol} if symbol else {}
-        plain = self._call(self.client.futures_get_open_orders, **params)
-        algo = self._call(self.client.futures_get_open_orders, conditional=True, **params)
+        plain = self.venue.call(self.client.futures_get_open_orders, **params)
+        algo = self.venue.call(self.client.futures_get_open_orders, conditional=True, **params)
         return [venue_order(o) for o in plain] + [venue_algo(o) for o in algo]
 
     def positions(self) -> list[Position]:
         """Open positions on the venue."""
         out = []
-        for row in self._call(self.client.futures_position_information):
+        for row in self.venue.call(self.client.futures_position_information):
             amount = Decimal(row["positionAmt"])
             if amount:
                 side: Literal["long", "short"] = "long" if amount > 0 else "short"
@@ -141,7 +136,8 @@ class BinanceBroker:
     def balance(self) -> dict[str, Decimal]:
         """Wallet balance per asset."""
         return {
-            row["asset"]: Decimal(row["balance"]) for row in self._call(self.client.futures_account_balance)
+            row["asset"]: Decimal(row["balance"])
+            for row in self.venue.call(self.client.futures_account_balance)
         }
 
     def place_protected(self, entry: ProtectedEntry) -> list[Order]:
@@ -217,7 +213,7 @@ class BinanceBroker:
                 reduce_only=row.reduce_only,
                 leg=row.leg,
             )
-            answer = self._lookup(request)
+            answer = self.venue.lookup(request)
             if answer is not None:
                 self._record_answer(request, answer)
                 continue
@@ -297,12 +293,12 @@ class BinanceBroker:
         return placed
 
     def _live_stop(self, symbol: str) -> bool:
-        algo = self._call(self.client.futures_get_open_orders, conditional=True, symbol=symbol)
+        algo = self.venue.call(self.client.futures_get_open_orders, conditional=True, symbol=symbol)
         return any(o.get("orderType") == "STOP_MARKET" for o in algo)
 
     def _close_at_market(self, position: Position, why: str) -> None:
         side = "SELL" if position.side == "long" else "BUY"
-        self._call(
+        self.venue.call(
             self.client.futures_create_order,
             symbol=position.symbol,
             side=side,
@@ -318,84 +314,26 @@ class BinanceBroker:
 
         if symbol in self._prepared:
             return
-        self._call(self.client.futures_change_leverage, symbol=symbol, leverage=self.leverage)
+        self.venue.call(self.client.futures_change_leverage, symbol=symbol, leverage=self.leverage)
         try:
-            self._call(self.client.futures_change_margin_type, symbol=symbol, marginType=self.margin_type)
+            self.venue.call(
+                self.client.futures_change_margin_type, symbol=symbol, marginType=self.margin_type
+            )
         except OrderRefusedError as err:
             cause = err.__cause__
             if not (isinstance(cause, BinanceAPIException) and cause.code == -4046):  # already set
                 raise
         self._prepared.add(symbol)
 
-    # -- sending once -----------------------------------------------------------------------
-    def _send(self, order: OrderRequest) -> dict[str, Any]:
-        """Create the order unless the venue already has its id; look up after unclear failures."""
-        last: Exception | None = None
-        for _ in range(self.tries):
-            known = self._lookup(order)
-            if known is not None:
-                return known
-            try:
-                return dict(self._call(self.client.futures_create_order, **order_params(order)))
-            except RetryableError as err:
-                last = err
-                log.warning("%s: %s; looking it up before trying again", order.client_order_id, err)
-        known = self._lookup(order)
-        if known is not None:
-            return known
-        raise RetryableError(
-            f"{order.client_order_id}: the exchange did not answer {self.tries} times ({last})"
-        )
-
-    def _lookup(self, order: OrderRequest) -> dict[str, Any] | None:
-        from binance.exceptions import BinanceAPIException
-
-        key = "clientAlgoId" if order.type in CONDITIONAL else "origClientOrderId"
-        try:
-            return dict(self.client.futures_get_order(symbol=order.symbol, **{key: order.client_order_id}))
-        except BinanceAPIException as err:
-            if err.code == -2013:  # no such order
-                return None
-            if err.code == -1021:
-                self._resync()
-                return self._lookup(order)
-            if err.status_code >= 500:
-                return None
-            message = f"{order.symbol}: looking up {order.client_order_id} failed ({err.code}: {err.message})"
-            raise OrderRefusedError(message) from err
-
-    def _call(self, method: Callable[..., Any], **params: Any) -> Any:
-        """One venue call: -1021 resyncs and retries once; 5xx and timeouts are retryable."""
-        import requests
-        from binance.exceptions import BinanceAPIException
-
-        resynced = False
-        while True:
-            try:
-                return method(**params)
-            except BinanceAPIException as err:
-                if err.code == -1021 and not resynced:
-                    self._resync()
-                    resynced = True
-                    continue
-                if err.status_code >= 500 or err.code in _UNCLEAR:
-                    raise RetryableError(f"exchange error {err.code}: {err.message}") from err
-                raise OrderRefusedError(
-                    f"{params.get('symbol', '')}: Binance refused ({err.code}: {err.message})"
-                ) from err
-            except (requests.Timeout, requests.ConnectionError) as err:
-                raise RetryableError(f"exchange unreachable: {type(err).__name__}") from err
-
-    def _resync(self) -> None:
-        server = int(self.client.get_server_time()["serverTime"])
-        self.client.timestamp_offset = server - int(time.time() * 1000)
-        self._event("clock_resync", offset_ms=self.client.timestamp_offset)
-
     # -- journal ----------------------------------------------------------------------------
     def _record_answer(self, order: OrderRequest, answer: dict[str, Any]) -> Order:
         if order.type == "market" and answer.get("status") in ("NEW", None) and "orderId" in answer:
             answer = dict(
-                self.client.futures_get_order(symbol=order.symbol, origClientOrderId=order.client_order_id)
+                self.venue.call(
+                    self.client.futures_get_order,
+                    symbol=order.symbol,
+                    origClientOrderId=order.client_order_id,
+                )
             )
         venue = venue_algo(answer) if order.type in CONDITIONAL else venue_order(answer)
         with self.journal.transaction() as session:
@@ -414,7 +352,7 @@ class BinanceBroker:
 
     # -- venue rules ------------------------------------------------------------------------
     def _load_rules(self) -> dict[str, SymbolRules]:
-        return symbol_rules(self._call(self.client.futures_exchange_info))
+        return symbol_rules(self.venue.call(self.client.futures_exchange_info))
 
     def _rules(self, symbol: str) -> SymbolRules:
         if symbol not in self.rules:
