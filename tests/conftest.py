@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +93,28 @@ def sample_matrix(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     for path in sample_paths(None, "1h"):
         ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
     return features_from_store(CandleStore(settings.store_dir), None, "1h")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_qt_ui(home: Path, stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], int, int]:
+    """``qt ui --json`` for ``home`` on free ports, in the home's own Prefect database.
+
+    Returns the process (its stdout carries the JSON of URLs) and the Prefect and MLflow ports.
+    """
+    root = Path(__file__).resolve().parents[1]
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = {**os.environ, "QT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_HOME", None)  # the home's own Prefect database
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "ui", "--prefect-port", str(prefect_port),
+         "--mlflow-port", str(mlflow_port), "--json"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
+    )  # fmt: skip
+    return ui, prefect_port, mlflow_port

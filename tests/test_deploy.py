@@ -14,13 +14,8 @@ from typing import IO
 import pytest
 
 from core.settings import Settings
+from tests.conftest import start_qt_ui
 from tests.test_cli import QT, ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_deployments_daily_and_triggered_are_in_the_prefect_api(
@@ -65,14 +60,10 @@ def _read_json(stream: IO[str]) -> dict[str, str]:
 @pytest.mark.slow
 def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    ui, prefect_port, mlflow_port = start_qt_ui(home, stderr=subprocess.PIPE)
     env = {**os.environ, "QT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    env.pop("PREFECT_HOME", None)  # the home's own Prefect database
-    ui = subprocess.Popen(
-        [*QT, "ui", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--json"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    env.pop("PREFECT_HOME", None)
     try:
         assert ui.stdout is not None
         urls = _read_json(ui.stdout)  # printed once both servers answer

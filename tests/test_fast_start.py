@@ -22,9 +22,9 @@ import pytest
 import infra.prefect_api as prefect_api
 from core.settings import Settings, configure_environment, load_settings
 from infra.prefect_api import discover, note_ephemeral, record_path, write_record
-from tests.conftest import copy_sample
+from tests.conftest import copy_sample, free_port, start_qt_ui
 from tests.test_cli import QT, ROOT
-from tests.test_deploy import _free_port, _read_json
+from tests.test_deploy import _read_json
 
 
 def _dead_pid() -> int:
@@ -95,7 +95,7 @@ def test_a_live_healthy_server_is_used_unless_the_person_exported_another(
 def test_a_stale_record_is_ignored_and_the_tip_shows_once(
     settings: Settings, no_api_url: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    record = write_record(settings, f"http://127.0.0.1:{_free_port()}/api", _dead_pid())
+    record = write_record(settings, f"http://127.0.0.1:{free_port()}/api", _dead_pid())
     configure_environment(settings)
     assert "PREFECT_API_URL" not in os.environ
     assert not record.exists()  # a dead pid's record is cleaned up (the home is writable)
@@ -107,7 +107,7 @@ def test_a_stale_record_is_ignored_and_the_tip_shows_once(
 
 
 def test_a_live_pid_that_does_not_answer_is_ignored_and_kept(settings: Settings, no_api_url: None) -> None:
-    record = write_record(settings, f"http://127.0.0.1:{_free_port()}/api", os.getpid())
+    record = write_record(settings, f"http://127.0.0.1:{free_port()}/api", os.getpid())
     assert discover(settings) is None
     assert record.exists()  # maybe still starting, or somebody else's: not ours to remove
 
@@ -124,7 +124,7 @@ def test_discovery_never_fails_nor_creates_anything(
         path.write_text(text)
         assert discover(settings) is None
 
-    write_record(settings, f"http://127.0.0.1:{_free_port()}/api", _dead_pid())
+    write_record(settings, f"http://127.0.0.1:{free_port()}/api", _dead_pid())
 
     def refuse(self: Path, missing_ok: bool = False) -> None:
         raise PermissionError(13, "Read-only file system", str(self))
@@ -142,7 +142,7 @@ def test_a_process_prints_the_tip_once_on_stderr(tmp_path: Path) -> None:
         "s = load_settings()\nconfigure_environment(s)\nnote_ephemeral(s)\nnote_ephemeral(s)\n"
     )
     home = tmp_path / "home"
-    write_record(load_settings(home), f"http://127.0.0.1:{_free_port()}/api", _dead_pid())
+    write_record(load_settings(home), f"http://127.0.0.1:{free_port()}/api", _dead_pid())
     env = {**os.environ, "QT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(
@@ -164,14 +164,10 @@ def _flow_runs(api: str) -> list[dict[str, Any]]:
 def test_qt_ingest_runs_on_the_server_qt_ui_keeps_up_without_being_told(tmp_path: Path) -> None:
     home = tmp_path / "home"
     files = copy_sample(tmp_path / "dumps", ["BTCUSDT"])
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    ui, _, _ = start_qt_ui(home)
     env = {**os.environ, "QT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    env.pop("PREFECT_HOME", None)  # the home's own Prefect database
-    ui = subprocess.Popen(
-        [*QT, "ui", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), "--json"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    env.pop("PREFECT_HOME", None)
     record = home / "prefect" / "server.json"
     try:
         assert ui.stdout is not None
@@ -199,7 +195,7 @@ def test_qt_ingest_runs_on_the_server_qt_ui_keeps_up_without_being_told(tmp_path
 def test_without_a_server_a_flow_command_says_once_how_to_start_fast(tmp_path: Path) -> None:
     home = tmp_path / "home"
     files = copy_sample(tmp_path / "dumps", ["BTCUSDT"])
-    record = write_record(load_settings(home), f"http://127.0.0.1:{_free_port()}/api", _dead_pid())
+    record = write_record(load_settings(home), f"http://127.0.0.1:{free_port()}/api", _dead_pid())
     env = {**os.environ, "QT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
     done = subprocess.run(

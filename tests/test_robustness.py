@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import zipfile
@@ -40,17 +39,12 @@ import pytest
 
 from core.settings import load_settings
 from tasks.ingest.sample import SAMPLE_DIR
+from tests.conftest import free_port
 from tests.test_cli import QT, ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RESULTS: list[dict[str, Any]] = []
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample_lines(symbol: str) -> list[str]:
@@ -80,7 +74,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port := _free_port()),
+        "PREFECT_SERVER_API_PORT": str(port := free_port()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
