@@ -132,21 +132,21 @@ class PaperBroker:
 
     def balance(self) -> dict[str, Decimal]:
         """Quote cash (and, on spot, the base assets held), computed from the journal's fills."""
-        with self.journal.transaction() as session:
-            start = Decimal(q.recent_events(session, limit=1, kind=_ACCOUNT)[0].detail["cash"])
-            fills = session.scalars(select(db.Fill)).all()
-            fees = sum((f.fee for f in fills), Decimal(0))
-            if self.market == "futures":
-                realised = sum((p.realised_pnl for p in session.scalars(select(db.Position))), Decimal(0))
-                return {self.quote: start + realised - fees}
-            flows = sum(
-                (f.quantity * f.price * (-1 if f.order.side == "buy" else 1) for f in fills), Decimal(0)
-            )
-            held: dict[str, Decimal] = {}
-            for p in q.open_positions(session):
-                base = p.symbol.removesuffix(self.quote)
-                held[base] = held.get(base, Decimal(0)) + p.quantity
-            return {self.quote: start + flows - fees, **held}
+        return self.journal.read(self._balance)
+
+    def _balance(self, session: Session) -> dict[str, Decimal]:
+        start = Decimal(q.recent_events(session, limit=1, kind=_ACCOUNT)[0].detail["cash"])
+        fills = session.scalars(select(db.Fill)).all()
+        fees = sum((f.fee for f in fills), Decimal(0))
+        if self.market == "futures":
+            realised = sum((p.realised_pnl for p in session.scalars(select(db.Position))), Decimal(0))
+            return {self.quote: start + realised - fees}
+        flows = sum((f.quantity * f.price * (-1 if f.order.side == "buy" else 1) for f in fills), Decimal(0))
+        held: dict[str, Decimal] = {}
+        for p in q.open_positions(session):
+            base = p.symbol.removesuffix(self.quote)
+            held[base] = held.get(base, Decimal(0)) + p.quantity
+        return {self.quote: start + flows - fees, **held}
 
     def place_protected(self, entry: ProtectedEntry) -> list[Order]:
         """Entry, stop and take-profit legs in one transaction, every exit validated first.
