@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench import write_results  # noqa: E402
+
 SAMPLE = ROOT / "tasks" / "ingest" / "sample_data" / "BTCUSDT-1h.zip"
 QT = [sys.executable, "-m", "cli.main"]
 COMMANDS: dict[str, list[str]] = {
@@ -193,10 +195,7 @@ def main() -> int:
         + f"), {profile_wall - import_s:.1f} s the rest (interpreter, flow run, work, exit)",
         highlight=False,
     )
-    out = ROOT / "bench" / "results" / "cli.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("cli", results)
     return 0
 
 

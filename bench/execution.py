@@ -21,7 +21,6 @@ bench/results/execution.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
+from bench import write_results  # noqa: E402
 from infra.exchange import FakeExchange  # noqa: E402
 from serving.brokers.base import ProtectedEntry, SymbolRules, client_order_id  # noqa: E402
 from serving.brokers.binance import BinanceBroker  # noqa: E402
@@ -373,10 +373,7 @@ def main() -> int:
     console.print(where)
     print(f"candles: {source}")
     print(f"total {total_s:.1f} s; fresh exchange + journal (SQLite WAL, synchronous=FULL) a round")
-    out = ROOT / "bench" / "results" / "execution.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("execution", results)
     return 0
 
 

@@ -10,7 +10,6 @@ Prints a table and writes bench/results/features.json. Needs ../shared/data/bina
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import talib  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench import write_results  # noqa: E402
 from core.candles import to_store_frame  # noqa: E402
 from tasks.features import FeatureSpec, feature_matrix, symbol_features  # noqa: E402
 from tasks.features.groups import Candles  # noqa: E402
@@ -110,10 +110,7 @@ def main() -> int:
     table.add_row("feature matrix 10 × 1h (+BTC cross-asset, targets)", f"{matrix_s * 1000:.0f} ms")
     table.add_row(f"full feature set, BTC 5m ({len(btc_5m):,} rows)", f"{full_5m_s * 1000:.0f} ms")
     Console().print(table)
-    out = ROOT / "bench" / "results" / "features.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("features", results)
     return 0
 
 

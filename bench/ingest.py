@@ -9,7 +9,6 @@ Prints a table and writes bench/results/ingest.json. Needs ../shared/data/binanc
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench import write_results  # noqa: E402
 from core.settings import configure_environment, load_settings  # noqa: E402
 from tasks.ingest import ingest_files  # noqa: E402
 from tasks.ingest.files import expand_paths, group_files  # noqa: E402
@@ -106,10 +106,7 @@ def main() -> int:
     table.add_row("read all 10 symbols back (read_many)", f"{read_s * 1000:.1f} ms  ({len(frame):,} rows)")
     table.add_row("`qt ingest` of the folder, end to end (Prefect ephemeral)", f"{cli_s:.1f} s")
     Console().print(table)
-    out = ROOT / "bench" / "results" / "ingest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results("ingest", results)
     return 0 if cli.returncode == 0 else 1
 
 
