@@ -797,6 +797,7 @@ class FakeExchange:
 
     def _trades(self, market: str, params: dict[str, str]) -> list[dict[str, Any]]:
         symbol = self._symbol(market, params)
+        order_id = _int(params, "orderId", -1)
         return [
             {
                 "symbol": f.symbol,
@@ -816,7 +817,7 @@ class FakeExchange:
                 "maker": f.maker,
             }
             for f in self.fills
-            if f.market == market and f.symbol == symbol
+            if f.market == market and f.symbol == symbol and order_id in (-1, f.order_id)
         ]
 
     # ----- spot ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pandas as pd
 from core.errors import BadConfigError
 
 OrderSide = Literal["buy", "sell"]
-OrderType = Literal["market", "stop_market", "take_profit_market", "stop_loss_limit"]
+OrderType = Literal["market", "stop_market", "take_profit_market", "stop_loss_limit", "limit_maker"]
 Leg = str  # "entry", "stop", "tp1", "tp2", ...
 
 #: Binance's rule for ``newClientOrderId``.
@@ -113,10 +113,11 @@ class OrderRequest:
         client_order_id: from :func:`client_order_id`.
         symbol: e.g. ``BTCUSDT``.
         side: buy or sell.
-        type: market, stop_market, take_profit_market or stop_loss_limit (spot).
+        type: market; futures exits stop_market, take_profit_market; spot exits
+            stop_loss_limit, limit_maker (the take-profit leg of an OCO).
         quantity: base-asset quantity.
         stop_price: trigger price of stop / take-profit orders.
-        price: limit price (stop_loss_limit).
+        price: limit price (stop_loss_limit, limit_maker).
         reduce_only: the order may only reduce a position (futures exits).
         leg: entry, stop, tp1, …
     """

@@ -10,14 +10,17 @@ once. Protective legs are ``STOP_MARKET`` (``closePosition``) and reduce-only
 
 After placing, and on every :meth:`BinanceBroker.reconcile`, open orders are read back: a
 missing stop is re-placed (journalled); a position whose stop is refused twice is closed at
-market. Spot trading through this broker is not built yet: it refuses, saying so.
-Keys come only from the environment (``QT_BINANCE_API_KEY`` / ``_SECRET``), never logged.
+market. Reconcile also journals what filled on the venue meanwhile (stops, take-profits),
+from the venue's own trades, fees included, so the journal's trades are the venue's.
+Spot is :class:`~serving.brokers.binance_spot.BinanceSpotBroker`, the same broker over the
+spot endpoints. Keys come only from the environment (``QT_BINANCE_API_KEY`` / ``_SECRET``),
+never logged.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -37,6 +40,7 @@ from serving.brokers.base import (
 from serving.brokers.binance_api import (
     CONDITIONAL,
     symbol_rules,
+    trade_totals,
     venue_algo,
     venue_order,
 )
@@ -59,12 +63,15 @@ class BinanceBroker:
         tries: sends per order when the venue is unreachable (looked up between tries).
     """
 
+    market: ClassVar[Literal["spot", "futures"]] = "futures"
+    quote: ClassVar[str] = "USDT"
+
     def __init__(
         self, client: Any, journal: Journal, leverage: int = 1, margin_type: str = "ISOLATED", tries: int = 3
     ) -> None:
         self.client, self.journal = client, journal
         self.leverage, self.margin_type, self.tries = leverage, margin_type, tries
-        self.venue = FuturesVenue(client, tries, lambda offset: self._event("clock_resync", offset_ms=offset))
+        self.venue = self._make_venue()
         self.rules = self._load_rules()
         self._prepared: set[str] = set()  # symbols whose leverage and margin type are set
 
@@ -73,14 +80,17 @@ class BinanceBroker:
         """A broker with the configured keys and endpoints.
 
         Raises:
-            BadConfigError: keys missing, or ``market`` is spot (not built yet).
+            BadConfigError: keys missing, or an unknown ``market``.
         """
-        if market != "futures":
-            raise BadConfigError("--broker binance trades USD-M futures only so far; spot is not built yet")
+        if market not in ("spot", "futures"):
+            raise BadConfigError(f"unknown market {market!r}; known: spot, futures")
         if settings.binance_api_key is None or settings.binance_api_secret is None:
             raise BadConfigError("--broker binance needs QT_BINANCE_API_KEY and QT_BINANCE_API_SECRET")
+        from serving.brokers.binance_spot import BinanceSpotBroker
         from tasks.ingest.binance import make_client
 
+        if market == "spot":
+            return BinanceSpotBroker(make_client(settings), journal)
         return cls(make_client(settings), journal)
 
     # -- the protocol -----------------------------------------------------------------------
@@ -105,9 +115,7 @@ class BinanceBroker:
         row = self.journal.order_by_client_id(client_order_id)
         if row is None:
             raise BadConfigError(f"{symbol}: no journalled order {client_order_id!r}")
-        conditional = row.type in CONDITIONAL
-        params = {"symbol": symbol, ("clientAlgoId" if conditional else "origClientOrderId"): client_order_id}
-        self.venue.call(self.client.futures_cancel_order, **params)
+        self._cancel_on_venue(symbol, client_order_id, row.type)
         with self.journal.transaction() as session:
             stored = q.order_by_client_id(session, client_order_id)
             assert stored is not None
@@ -143,6 +151,8 @@ class BinanceBroker:
     def place_protected(self, entry: ProtectedEntry) -> list[Order]:
         """Entry at market, then the stop for the whole position and the take-profit legs, verified."""
         rules = self._rules(entry.symbol)
+        if self.market == "spot" and entry.side == "short":
+            raise OrderRefusedError(f"{entry.symbol}: spot is long only")
         quantity = rules.round_quantity(entry.quantity)
         rules.check(quantity, rules.round_price(entry.reference_price))
         stop = rules.round_price(entry.stop)
@@ -174,6 +184,7 @@ class BinanceBroker:
         """Read back positions and open orders; re-place a missing stop, close what cannot be protected."""
         report = ReconcileReport()
         self._settle_pending()
+        self._sync_fills()
         plans = {
             e.detail["symbol"]: e.detail for e in reversed(self.journal.recent_events(500, "protected_entry"))
         }
@@ -193,26 +204,27 @@ class BinanceBroker:
             report.replaced += [o.client_order_id for o in orders]
             if not self._live_stop(position.symbol):
                 report.closed_at_market.append(position.symbol)
+        self._cancel_leftover_exits()
         report.unprotected_positions = sum(not self._live_stop(p.symbol) for p in self.positions())
         return report
+
+    def _cancel_leftover_exits(self) -> None:
+        """Exits still open for a symbol the venue holds no position in (the stop filled first)."""
+        held = {p.symbol for p in self.positions()}
+        for row in self.journal.open_orders():
+            if row.reduce_only and row.status == "new" and row.symbol not in held:
+                try:
+                    self.cancel_order(row.symbol, row.client_order_id)
+                except OrderRefusedError:  # it filled or expired meanwhile: the next sync journals it
+                    continue
+                self._event("exit_cancelled", symbol=row.symbol, order=row.client_order_id, reason="flat")
 
     def _settle_pending(self) -> None:
         """Orders journalled but never confirmed (a crash mid-send): take the venue's word for each."""
         for row in self.journal.open_orders():
             if row.status != "pending":
                 continue
-            side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
-            kind = "market" if row.type not in CONDITIONAL else row.type
-            request = OrderRequest(
-                row.client_order_id,
-                row.symbol,
-                side,
-                kind,  # type: ignore[arg-type]
-                row.quantity,
-                stop_price=row.stop_price,
-                reduce_only=row.reduce_only,
-                leg=row.leg,
-            )
+            request = _request_of(row)
             answer = self.venue.lookup(request)
             if answer is not None:
                 self._record_answer(request, answer)
@@ -222,6 +234,26 @@ class BinanceBroker:
                 if stored is not None:
                     stored.status = "expired"
                 session.add(db.Event(kind="never_reached_venue", detail={"order": row.client_order_id}))
+
+    def _sync_fills(self) -> None:
+        """Journal what the venue did to our open orders since we last looked (filled, cancelled, gone)."""
+        waiting = [row for row in self.journal.open_orders() if row.status == "new"]
+        if not waiting:
+            return
+        live = {o.client_order_id for o in self.open_orders()}
+        for row in waiting:
+            if row.client_order_id in live:
+                continue
+            request = _request_of(row)
+            answer = self.venue.lookup(request)
+            if answer is not None:
+                self._record_answer(request, answer)
+                continue
+            with self.journal.transaction() as session:  # gone without a trace: it protects nothing now
+                stored = q.order_by_client_id(session, row.client_order_id)
+                if stored is not None:
+                    stored.status = "expired"
+                session.add(db.Event(kind="order_vanished", detail={"order": row.client_order_id}))
 
     def unprotected_positions(self) -> int:
         """Open positions on the venue without a live stop (the goal is always 0)."""
@@ -297,15 +329,13 @@ class BinanceBroker:
         return any(o.get("orderType") == "STOP_MARKET" for o in algo)
 
     def _close_at_market(self, position: Position, why: str) -> None:
-        side = "SELL" if position.side == "long" else "BUY"
-        self.venue.call(
-            self.client.futures_create_order,
-            symbol=position.symbol,
-            side=side,
-            type="MARKET",
-            quantity=str(position.quantity),
-            reduceOnly="true",
-        )
+        """A reduce-only market order for the whole position, journalled like any order."""
+        minute = pd.Timestamp.now(tz="UTC").floor("min")  # a retry within the minute is looked up, not resent
+        request = OrderRequest(
+            client_order_id(position.symbol, minute, "close"), position.symbol, closing_side(position.side),
+            "market", position.quantity, reduce_only=True, leg="close",
+        )  # fmt: skip
+        self.place_order(request)
         self._event("closed_at_market", symbol=position.symbol, reason=why, quantity=str(position.quantity))
 
     def _prepare_symbol(self, symbol: str) -> None:
@@ -325,26 +355,59 @@ class BinanceBroker:
                 raise
         self._prepared.add(symbol)
 
+    # -- the venue's dialect (the spot broker overrides these) --------------------------------
+    def _make_venue(self) -> FuturesVenue:
+        return FuturesVenue(
+            self.client, self.tries, lambda offset: self._event("clock_resync", offset_ms=offset)
+        )
+
+    def _cancel_on_venue(self, symbol: str, client_order_id: str, kind: str) -> None:
+        key = "clientAlgoId" if kind in CONDITIONAL else "origClientOrderId"
+        self.venue.call(self.client.futures_cancel_order, symbol=symbol, **{key: client_order_id})
+
+    def _read(self, order: OrderRequest, answer: dict[str, Any]) -> Order:
+        return venue_algo(answer) if order.type in CONDITIONAL else venue_order(answer)
+
+    def _trades(self, symbol: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """The venue's trades of an order (a triggered algo order's trades are its market child's)."""
+        order_id = answer.get("actualOrderId") or answer.get("orderId")
+        return list(self.venue.call(self.client.futures_account_trades, symbol=symbol, orderId=order_id))
+
     # -- journal ----------------------------------------------------------------------------
     def _record_answer(self, order: OrderRequest, answer: dict[str, Any]) -> Order:
-        if order.type == "market" and answer.get("status") in ("NEW", None) and "orderId" in answer:
-            answer = dict(
-                self.venue.call(
-                    self.client.futures_get_order,
-                    symbol=order.symbol,
-                    origClientOrderId=order.client_order_id,
-                )
-            )
-        venue = venue_algo(answer) if order.type in CONDITIONAL else venue_order(answer)
+        """The venue's answer into the journal: status, and a fill (the venue's trades, fees included)."""
+        if order.type == "market" and answer.get("status") in ("NEW", None):  # an ACK: ask how it ended
+            answer = self.venue.lookup(order) or answer
+        venue = self._read(order, answer)
+        fill = None
+        if venue.status == "filled" and not self.journal.read(
+            lambda s: (row := q.order_by_client_id(s, order.client_order_id)) is not None and bool(row.fills)
+        ):
+            fill = self._fill_of(order, venue, answer)
         with self.journal.transaction() as session:
             row = q.order_by_client_id(session, order.client_order_id)
             assert row is not None, "journalled before sending"
             row.status = venue.status
             row.venue_order_id = venue.venue_order_id
-            if order.type == "market" and venue.status == "filled" and not row.fills:
-                price = venue.average_price or Decimal(0)
-                apply_fill(session, row, venue.filled_quantity, price, Decimal(0), "USDT", utc_now())
+            if fill is not None and not row.fills:
+                apply_fill(session, row, *fill, self.quote, utc_now())
         return venue
+
+    def _fill_of(
+        self, order: OrderRequest, venue: Order, answer: dict[str, Any]
+    ) -> tuple[Decimal, Decimal, Decimal]:
+        """(quantity, average price, fee in the quote asset) of a filled order, from its trades.
+
+        A fee paid in the base asset (spot buys) leaves less than was bought: the position is
+        what is left on the step grid, and the rest (fee and dust) counts as fee, in quote.
+        """
+        trades = self._trades(order.symbol, answer)
+        if not trades:
+            self._event("trades_missing", order=order.client_order_id)
+            return venue.filled_quantity, venue.average_price or Decimal(0), Decimal(0)
+        quantity, price, quote_fee, base_fee = trade_totals(trades, self.quote)
+        kept = self._rules(order.symbol).round_quantity(quantity - base_fee) if base_fee else quantity
+        return kept, price, quote_fee + (quantity - kept) * price
 
     def _event(self, kind: str, **detail: Any) -> None:
         with self.journal.transaction() as session:
@@ -361,7 +424,9 @@ class BinanceBroker:
 
     def _check(self, order: OrderRequest) -> None:
         rules = self._rules(order.symbol)
-        if order.type in CONDITIONAL:
+        if order.price is not None and (order.price <= 0 or rules.round_price(order.price) != order.price):
+            raise OrderRefusedError(f"{order.client_order_id}: limit {order.price} off PRICE_FILTER or ≤ 0")
+        if order.type not in ("market", "limit_maker"):
             if (
                 order.stop_price is None
                 or order.stop_price <= 0
@@ -370,10 +435,19 @@ class BinanceBroker:
                 raise OrderRefusedError(
                     f"{order.client_order_id}: trigger {order.stop_price} off PRICE_FILTER or ≤ 0"
                 )
-            if order.leg == "stop" or order.quantity == 0:
+            if order.type in CONDITIONAL and (order.leg == "stop" or order.quantity == 0):
                 return  # closePosition: the venue closes whatever is open
         if rules.round_quantity(order.quantity) != order.quantity or order.quantity < rules.min_qty:
             raise OrderRefusedError(
                 f"{order.symbol}: quantity {order.quantity} off LOT_SIZE (step {rules.step_size}, "
                 f"min {rules.min_qty})"
             )
+
+
+def _request_of(row: db.Order) -> OrderRequest:
+    """The request a journalled order was sent as."""
+    side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
+    return OrderRequest(
+        row.client_order_id, row.symbol, side, row.type,  # type: ignore[arg-type]
+        row.quantity, stop_price=row.stop_price, price=row.price, reduce_only=row.reduce_only, leg=row.leg,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ found instead of sent twice. :meth:`FuturesVenue.call` maps the venue's answers 
 errors: ``-1021`` (timestamp outside ``recvWindow``) resyncs the clock from ``/time`` and
 retries once; 5xx, ``-1007`` and timeouts are :class:`~core.errors.RetryableError`; any other
 refusal is an :class:`~serving.brokers.base.OrderRefusedError` naming Binance's code.
+:class:`SpotVenue` is the same over the spot endpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from core.errors import RetryableError
 from serving.brokers.base import OrderRefusedError, OrderRequest
-from serving.brokers.binance_api import CONDITIONAL, order_params
+from serving.brokers.binance_api import CONDITIONAL, order_params, spot_order_params
 
 log = logging.getLogger(__name__)
 _UNCLEAR = {-1007}  # "Timeout waiting for response from backend server. Send status unknown"
@@ -59,15 +60,19 @@ class FuturesVenue:
             except (requests.Timeout, requests.ConnectionError) as err:
                 raise RetryableError(f"exchange unreachable: {type(err).__name__}") from err
 
-    def send(self, order: OrderRequest) -> dict[str, Any]:
-        """Create the order unless the venue already has its id; never without asking first."""
+    def send(self, order: OrderRequest, create: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """Create the order unless the venue already has its id; never without asking first.
+
+        ``create`` sends something else that carries the order's id (a spot OCO); by
+        default the order itself.
+        """
         last: Exception | None = None
         for _ in range(self.tries):
             try:
                 known = self.lookup(order)
                 if known is not None:
                     return known
-                return dict(self.call(self.client.futures_create_order, **order_params(order)))
+                return dict(create() if create is not None else self._create(order))
             except RetryableError as err:
                 last = err
                 log.warning("%s: %s; looking it up before trying again", order.client_order_id, err)
@@ -90,19 +95,33 @@ class FuturesVenue:
         """
         from binance.exceptions import BinanceAPIException
 
-        key = "clientAlgoId" if order.type in CONDITIONAL else "origClientOrderId"
         try:
-            return dict(
-                self.call(self.client.futures_get_order, symbol=order.symbol, **{key: order.client_order_id})
-            )
+            return dict(self._get(order))
         except OrderRefusedError as err:
             cause = err.__cause__
             if isinstance(cause, BinanceAPIException) and cause.code == _NO_SUCH_ORDER:
                 return None
             raise OrderRefusedError(f"looking up {order.client_order_id}: {err}") from err
 
+    def _create(self, order: OrderRequest) -> Any:
+        return self.call(self.client.futures_create_order, **order_params(order))
+
+    def _get(self, order: OrderRequest) -> Any:
+        key = "clientAlgoId" if order.type in CONDITIONAL else "origClientOrderId"
+        return self.call(self.client.futures_get_order, symbol=order.symbol, **{key: order.client_order_id})
+
     def resync(self) -> None:
         """Align the client's timestamps with the venue's clock."""
         server = int(self.client.get_server_time()["serverTime"])
         self.client.timestamp_offset = server - int(time.time() * 1000)
         self.on_resync(self.client.timestamp_offset)
+
+
+class SpotVenue(FuturesVenue):
+    """The same retry-safe calls over Binance's spot endpoints (``/api/v3/order``)."""
+
+    def _create(self, order: OrderRequest) -> Any:
+        return self.call(self.client.create_order, **spot_order_params(order))
+
+    def _get(self, order: OrderRequest) -> Any:
+        return self.call(self.client.get_order, symbol=order.symbol, origClientOrderId=order.client_order_id)
