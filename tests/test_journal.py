@@ -78,7 +78,7 @@ def test_migrated_journal_equals_the_models(journal: Journal) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
         head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
-        assert context.get_current_revision() == head == "0001"
+        assert context.get_current_revision() == head == "0002"
     assert set(Base.metadata.tables) == {
         "signals",
         "decisions",
@@ -90,6 +90,31 @@ def test_migrated_journal_equals_the_models(journal: Journal) -> None:
         "equity_snapshots",
         "events",
     }
+
+
+def test_a_journal_of_an_older_revision_upgrades_keeping_its_rows(tmp_path: Path) -> None:
+    """A journal written before funding existed (revision 0001) opens at head, positions intact."""
+    import sqlite3
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    path = tmp_path / "journal.db"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with create_engine(f"sqlite:///{path}").begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO positions (symbol, side, quantity, entry_price, opened_at, realised_pnl)"
+            " VALUES ('BTCUSDT', 'long', '0.01', '60000.5', '2024-01-01 00:00:00.000000', '0')"
+        )
+    with Journal(f"sqlite:///{path}") as journal:
+        [position] = journal.open_positions()
+        assert (position.quantity, position.entry_price) == (Decimal("0.01"), Decimal("60000.5"))
+        assert position.funding == 0 and position.funded_at is None
 
 
 def test_reopening_is_idempotent_and_keeps_rows(tmp_path: Path) -> None:

@@ -26,8 +26,11 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(f"sqlite:///{tmp_path / 'journal.db'}")
 
 
-def broker(journal: Journal, market: str = "spot") -> PaperBroker:
-    return PaperBroker(journal, market, RULES, cash=Decimal("10000"), fee_bps=10, slippage_bps=0)  # type: ignore[arg-type]
+def broker(journal: Journal, market: str = "spot", leverage: int = 1) -> PaperBroker:
+    return PaperBroker(
+        journal, market, RULES, cash=Decimal("10000"), fee_bps=10, slippage_bps=0,  # type: ignore[arg-type]
+        leverage=leverage,
+    )  # fmt: skip
 
 
 def candles(btc_raw: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +101,7 @@ def test_exits_fill_on_real_candles_and_a_restart_reads_the_same_book(
 
 
 def test_a_candle_touching_stop_and_target_closes_at_the_stop(journal: Journal) -> None:
-    paper = broker(journal, "futures")
+    paper = broker(journal, "futures", leverage=2)
     paper.set_price("BTCUSDT", Decimal("100000"))
     bar = pd.Timestamp("2025-01-01 10:00", tz="UTC")
     paper.place_protected(entry_at(Decimal("100000"), bar, side="short"))
@@ -119,6 +122,7 @@ def test_bad_orders_are_refused_naming_the_field_and_nothing_is_written(journal:
         (wrong_stop, BadConfigError, "must lie below the entry"),
         (entry_at(Decimal("65000"), bar, qty="0.000001"), OrderRefusedError, "LOT_SIZE"),
         (entry_at(Decimal("65000"), bar, side="short"), OrderRefusedError, "spot is long only"),
+        (entry_at(Decimal("65000"), bar, qty="1"), OrderRefusedError, r"needs 65065\.00 USDT, 10000\.00"),
         (ProtectedEntry(**{**entry_at(Decimal("65000"), bar).__dict__, "symbol": "NOPEUSDT"}),
          OrderRefusedError, "unknown symbol"),
     ]  # fmt: skip
@@ -138,3 +142,41 @@ def test_reconcile_replaces_a_vanished_stop_and_journals_it(journal: Journal) ->
     assert report.missing_stops == ["BTCUSDT"] and len(report.replaced) == 1
     assert report.unprotected_positions == 0 and paper.unprotected_positions() == 0
     assert [e.kind for e in journal.recent_events(kind="stop_replaced")] == ["stop_replaced"]
+
+
+def test_futures_entries_need_their_margin_at_the_leverage(journal: Journal) -> None:
+    """10,000 USDT: a 10,000 notional entry is refused at 1x (its fee does not fit), taken at 5x."""
+    bar = pd.Timestamp("2025-01-01 10:00", tz="UTC")
+    flat = broker(journal, "futures")
+    flat.set_price("BTCUSDT", Decimal("100000"))
+    with pytest.raises(
+        OrderRefusedError, match=r"margin 10000\.00 USDT needed at 1x leverage, 10000\.00 free"
+    ):
+        flat.place_protected(entry_at(Decimal("100000"), bar))
+    assert count(journal, db.Order) == 0
+    levered = broker(journal, "futures", leverage=5)
+    levered.set_price("BTCUSDT", Decimal("100000"))
+    levered.place_protected(entry_at(Decimal("100000"), bar))  # 2,000 margin
+    with pytest.raises(
+        OrderRefusedError, match=r"2000\.00 in use"
+    ):  # 0.4 more: 8,000 margin + fee > 7,990 free
+        levered.place_protected(entry_at(Decimal("100000"), bar + pd.Timedelta(hours=1), qty="0.4"))
+    assert [p.quantity for p in levered.positions()] == [Decimal("0.1")]
+
+
+@pytest.mark.parametrize(("side", "funding"), [("long", Decimal("-3")), ("short", Decimal("3"))])
+def test_futures_funding_every_8_hours_once_each(journal: Journal, side: str, funding: Decimal) -> None:
+    """Open from 06:00 to midnight: funding at 08:00, 16:00 and 00:00, 1 bp of 10,000 notional each."""
+    paper = broker(journal, "futures", leverage=5)
+    start = pd.Timestamp("2025-01-01 06:00", tz="UTC")
+    paper.set_price("BTCUSDT", Decimal("100000"), at=start)
+    paper.place_protected(entry_at(Decimal("100000"), start, side=side))
+    calm = Bar(100000.0, 100200.0, 99800.0, 100000.0)  # inside the 1 % stop and the first target
+    for hour in range(18):
+        paper.on_bar("BTCUSDT", start + pd.Timedelta(hours=hour), calm)
+    paper.on_bar("BTCUSDT", start + pd.Timedelta(hours=17), calm)  # the same candle again: no second charge
+    [position] = journal.open_positions()
+    assert position.funding == funding
+    assert position.opened_at == start.to_pydatetime()  # fills carry the simulated time
+    fees = journal.read(lambda s: sum((f.fee for f in s.scalars(select(db.Fill))), Decimal(0)))
+    assert paper.balance()["USDT"] == Decimal("10000") + funding - fees

@@ -21,7 +21,9 @@ def test_positions_orders_and_trades_as_json_and_tables(tmp_path: Path) -> None:
     assert json.loads(qt("trades", "--json", home=home).stdout) == {"trades": []}  # no journal: nothing made
     assert not (home / "journal").exists()
     journal = Journal.open(load_settings(home))
-    paper = PaperBroker(journal, "futures", RULES, cash=Decimal("10000"), fee_bps=4, slippage_bps=0)
+    paper = PaperBroker(
+        journal, "futures", RULES, cash=Decimal("10000"), fee_bps=4, slippage_bps=0, leverage=2
+    )
     bar = pd.Timestamp("2025-01-01 10:00", tz="UTC")
     paper.set_price("BTCUSDT", Decimal("100000"))
     paper.place_protected(entry_at(Decimal("100000"), bar))  # long 0.1, stop −1 %, targets +1/+2/+3 %

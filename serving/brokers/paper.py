@@ -5,15 +5,21 @@ reads back exactly what was open. A market order fills at the symbol's current p
 a replay, the next candle's open, set with :meth:`PaperBroker.set_price`) moved by the
 slippage, with the taker fee; :meth:`PaperBroker.on_bar` lets a closed candle trigger the
 stops and take-profits with the backtest's rule (a candle touching both fills the stop).
-Spot is long only; futures trade both sides (leverage, margin and funding are not
-simulated yet). Every state change is one journal transaction.
+Spot is long only and a buy needs the cash. Futures trade both sides: an entry needs its
+initial margin (notional / leverage) free beside the margin of the positions already open,
+and every 8 hours (00:00, 08:00, 16:00 UTC, as Binance) an open position pays (long) or
+receives (short) funding of ``funding_bps_8h`` of its notional at the candle's close
+(Binance's baseline rate is 1 bp per 8 h; there is no funding history in the data, so it is
+a constant). Liquidation is not simulated: every position carries a stop well inside it.
+Fills are stamped with the simulated time (the candle's), so a replay journals its own
+times. Every state change is one journal transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
 import pandas as pd
@@ -39,6 +45,8 @@ from tasks.fills import Bar, ExitLeg, closing_side, market_fill_price, triggered
 
 _ACCOUNT = "paper_account"
 _FEE_QUANTUM = Decimal("0.00000001")
+_FUNDING_EVERY = pd.Timedelta(hours=8)
+_HOUR = pd.Timedelta(hours=1)
 
 
 class PaperBroker:
@@ -52,6 +60,8 @@ class PaperBroker:
         quote: the quote asset, e.g. ``USDT``.
         fee_bps: taker fee per side.
         slippage_bps: slippage per side on market fills and triggered stops.
+        leverage: futures initial margin is notional / leverage.
+        funding_bps_8h: futures funding rate per 8 h (longs pay it when positive, shorts receive).
     """
 
     def __init__(
@@ -63,12 +73,18 @@ class PaperBroker:
         quote: str = "USDT",
         fee_bps: float = 10.0,
         slippage_bps: float = 1.0,
+        leverage: int = 1,
+        funding_bps_8h: float = 1.0,
     ) -> None:
         if market not in ("spot", "futures"):
             raise BadConfigError(f"unknown market {market!r}; known: spot, futures")
+        if leverage < 1 or (market == "spot" and leverage != 1):
+            raise BadConfigError(f"leverage {leverage}: at least 1, and 1 on spot")
         self.journal, self.market, self.rules = journal, market, dict(rules)
         self.quote, self.fee_bps, self.slippage_bps = quote, fee_bps, slippage_bps
+        self.leverage, self.funding_rate = leverage, Decimal(str(funding_bps_8h)) / 10_000
         self.prices: dict[str, Decimal] = {}
+        self.time: datetime | None = None  # the simulated clock (a replay's); wall-clock when None
         with journal.transaction() as session:
             if not q.recent_events(session, limit=1, kind=_ACCOUNT):
                 session.add(
@@ -76,20 +92,30 @@ class PaperBroker:
                 )
 
     # -- prices ---------------------------------------------------------------------------
-    def set_price(self, symbol: str, price: Decimal) -> None:
-        """The price the next market order of ``symbol`` fills at."""
+    def set_price(self, symbol: str, price: Decimal, at: pd.Timestamp | None = None) -> None:
+        """The price the next market order of ``symbol`` fills at (and the simulated time, if given)."""
         self.prices[self._rules(symbol).symbol] = price
+        if at is not None:
+            self.time = pd.Timestamp(at).to_pydatetime()
 
-    def on_bar(self, symbol: str, bar_time: pd.Timestamp, bar: Bar) -> list[Order]:
-        """A closed candle: trigger the open positions' exits, then price at its close.
+    def on_bar(
+        self, symbol: str, bar_time: pd.Timestamp, bar: Bar, interval: pd.Timedelta = _HOUR
+    ) -> list[Order]:
+        """A closed candle: trigger the open positions' exits, settle funding, then price at its close.
 
         Returns the exit orders it filled.
         """
         filled: list[Order] = []
+        close_time = pd.Timestamp(bar_time) + interval
         with self.journal.transaction() as session:
             for position in q.open_positions(session, symbol):
                 filled += self._trigger_exits(session, position, bar_time, bar)
+            if self.market == "futures":
+                mark = Decimal(str(bar.close))
+                for position in q.open_positions(session, symbol):
+                    self._settle_funding(position, pd.Timestamp(bar_time), close_time, mark)
         self.prices[symbol] = Decimal(str(bar.close))
+        self.time = close_time.to_pydatetime()
         return filled
 
     # -- the protocol ---------------------------------------------------------------------
@@ -101,7 +127,7 @@ class PaperBroker:
                 return order_from_row(known)
             row = self._check_and_record(session, order)
             if order.type == "market":
-                self._fill_market(session, row, utc_now())
+                self._fill_market(session, row, self._now())
             return order_from_row(row)
 
     def cancel_order(self, symbol: str, client_order_id: str) -> Order:
@@ -139,7 +165,8 @@ class PaperBroker:
         fills = session.scalars(select(db.Fill)).all()
         fees = sum((f.fee for f in fills), Decimal(0))
         if self.market == "futures":
-            realised = sum((p.realised_pnl for p in session.scalars(select(db.Position))), Decimal(0))
+            positions = session.scalars(select(db.Position)).all()
+            realised = sum((p.realised_pnl + p.funding for p in positions), Decimal(0))
             return {self.quote: start + realised - fees}
         flows = sum((f.quantity * f.price * (-1 if f.order.side == "buy" else 1) for f in fills), Decimal(0))
         held: dict[str, Decimal] = {}
@@ -175,7 +202,7 @@ class PaperBroker:
                 return [order_from_row(row) for row in placed if row is not None]
             order = OrderRequest(ids["entry"], entry.symbol, side, "market", quantity)
             entry_row = self._check_and_record(session, order)
-            position = self._fill_market(session, entry_row, utc_now())
+            position = self._fill_market(session, entry_row, self._now())
             assert position is not None, "an entry that is not reduce-only always opens a position"
             position.initial_stop = position.stop = stop
             rows = [entry_row]
@@ -263,10 +290,54 @@ class PaperBroker:
             )
         if self.market == "spot" and order.side == "sell" and not order.reduce_only:
             raise OrderRefusedError(f"{order.symbol}: spot is long only (a sell must close a position)")
+        if order.type == "market" and not order.reduce_only:
+            self._check_funds(session, order, price)
         row = order_row(order, "new")
         session.add(row)
         session.flush()
         return row
+
+    def _check_funds(self, session: Session, order: OrderRequest, price: Decimal) -> None:
+        """Spot: the cash for the buy and its fee; futures: the initial margin beside what is in use."""
+        cash = self._balance(session)[self.quote]
+        notional = order.quantity * price
+        fee = notional * Decimal(str(self.fee_bps)) / 10_000
+        if self.market == "spot":
+            if notional + fee > cash:
+                raise OrderRefusedError(
+                    f"{order.symbol}: buying {order.quantity} needs {notional + fee:.2f} {self.quote}, "
+                    f"{cash:.2f} free"
+                )
+            return
+        used = (
+            sum((p.quantity * p.entry_price for p in q.open_positions(session)), Decimal(0)) / self.leverage
+        )
+        margin = notional / self.leverage
+        if margin + fee > cash - used:
+            raise OrderRefusedError(
+                f"{order.symbol}: margin {margin:.2f} {self.quote} needed at {self.leverage}x leverage, "
+                f"{cash - used:.2f} free ({used:.2f} in use)"
+            )
+
+    def _settle_funding(
+        self, position: db.Position, bar_time: pd.Timestamp, close_time: pd.Timestamp, mark: Decimal
+    ) -> None:
+        """Funding at every 8-hour mark in (bar_time, close_time] the position was open for, once each."""
+        since = pd.Timestamp(position.funded_at or position.opened_at)
+        instant = close_time.floor(_FUNDING_EVERY)
+        due = []
+        while instant > max(bar_time, since):
+            due.append(instant)
+            instant -= _FUNDING_EVERY
+        if not due:
+            return
+        sign = -1 if position.side == "long" else 1  # a positive rate: longs pay shorts
+        payment = sign * position.quantity * mark * self.funding_rate * len(due)
+        position.funding += payment.quantize(_FEE_QUANTUM, rounding=ROUND_HALF_EVEN)
+        position.funded_at = max(due).to_pydatetime()
+
+    def _now(self) -> datetime:
+        return self.time if self.time is not None else utc_now()
 
     def _fill_market(self, session: Session, row: db.Order, when: datetime) -> db.Position | None:
         """Fill a market order at the current price; open, grow or reduce the position."""

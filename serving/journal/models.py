@@ -156,6 +156,10 @@ class Position(Base):
     closed_at: Mapped[datetime | None]
     realised_pnl: Mapped[Decimal] = mapped_column(default=Decimal(0))
     model_version: Mapped[str | None] = mapped_column(String(64))
+    funding: Mapped[Decimal] = mapped_column(
+        default=Decimal(0), server_default="0", doc="futures funding received (+) or paid (-), in quote"
+    )
+    funded_at: Mapped[datetime | None] = mapped_column(doc="the last funding time settled on it")
 
     protective_orders: Mapped[list[ProtectiveOrder]] = relationship(
         back_populates="position", lazy="selectin", order_by="ProtectiveOrder.id"

@@ -96,9 +96,9 @@ def trades(journal: Journal, since: datetime | None = None) -> list[dict[str, An
                     "entry_price": str(p.entry_price),
                     "exit_price": str(exit_price.quantize(Decimal("0.00000001"))) if exit_price else None,
                     "opened_at": _iso(p.opened_at), "closed_at": _iso(p.closed_at),
-                    "realised_pnl": str(p.realised_pnl), "fees": str(fees),
-                    "net_pnl": str(p.realised_pnl - fees),
-                    "r_multiple": float((p.realised_pnl - fees) / risk) if risk else None,
+                    "realised_pnl": str(p.realised_pnl), "fees": str(fees), "funding": str(p.funding),
+                    "net_pnl": str(p.realised_pnl + p.funding - fees),
+                    "r_multiple": float((p.realised_pnl + p.funding - fees) / risk) if risk else None,
                     "model_version": p.model_version,
                 }
             )  # fmt: skip
