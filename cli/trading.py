@@ -1,4 +1,4 @@
-"""``qt positions``, ``qt orders``, ``qt trades``: the trade journal, read."""
+"""``qt positions``, ``qt orders``, ``qt trades`` read the journal; ``qt reconcile`` repairs the venue."""
 
 from __future__ import annotations
 
@@ -110,3 +110,54 @@ def trades(
         return {"trades": found}, table("Closed trades", columns, rows)
 
     run(home, as_json, command, writes=False)
+
+
+BrokerOpt = Annotated[
+    str,
+    typer.Option(
+        "--broker", help="paper (the journal is the venue) or binance (QT_BINANCE_API_KEY / _SECRET)."
+    ),
+]
+
+
+@app.command()
+def reconcile(
+    broker: BrokerOpt = "paper", market: MarketOpt = "spot", home: HomeOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Read back the venue's positions and open orders; re-place missing stops, journal what happened.
+
+    A position whose stop cannot be placed twice is closed at market. Exit 1 when a position
+    is still unprotected afterwards.
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.errors import QTError
+        from serving.brokers.factory import check_choice, open_broker
+        from serving.journal import Journal
+
+        check_choice(broker, market, settings)  # before the journal is opened: nothing written
+        done = open_broker(settings, Journal(settings.journal_uri), broker, market).reconcile()
+        held = [
+            {
+                "symbol": p.symbol,
+                "side": p.side,
+                "quantity": str(p.quantity),
+                "entry_price": str(p.entry_price),
+            }
+            for p in done.positions
+        ]
+        document = {
+            "broker": broker, "market": market, "positions": held,
+            "missing_stops": done.missing_stops, "replaced": done.replaced,
+            "closed_at_market": done.closed_at_market, "unprotected_positions": done.unprotected_positions,
+        }  # fmt: skip
+        if done.unprotected_positions:
+            raise QTError(f"{done.unprotected_positions} position(s) without a live stop after reconcile")
+        rows = [[p["symbol"], p["side"], p["quantity"], p["entry_price"]] for p in held]
+        title = (
+            f"Reconciled ({broker} {market}): {len(done.missing_stops)} missing stop(s), "
+            f"{len(done.replaced)} re-placed, {len(done.closed_at_market)} closed at market"
+        )
+        return document, table(title, ["symbol", "side", "qty", "entry"], rows)
+
+    run(home, as_json, command)

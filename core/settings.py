@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     slippage_bps: float = Field(default=1.0, ge=0)
     funding_rate_8h: float = Field(default=0.0001, description="perpetual futures funding per 8 h")
 
+    # Trading (paper broker; Binance takes its own account's balance).
+    paper_cash: float = Field(default=10_000.0, gt=0, description="the paper account's starting quote cash")
+    leverage: int = Field(default=1, ge=1, le=125, description="USD-M futures leverage per symbol")
+
     @property
     def store_dir(self) -> Path:
         """Parquet candle store."""

@@ -19,9 +19,9 @@ QT = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def qt(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "QT_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([*QT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+def qt(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "QT_HOME": str(home), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([*QT, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_the_commands(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``qt positions``, ``qt orders``, ``qt trades`` read the journal a paper session wrote."""
+"""``qt positions``, ``qt orders``, ``qt trades`` read the journal a paper session wrote; ``qt reconcile``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from core.settings import load_settings
+from infra.exchange import FakeExchange
+from serving.brokers.factory import open_broker
 from serving.brokers.paper import PaperBroker
 from serving.journal import Journal
 from tasks.fills import Bar
@@ -46,3 +49,59 @@ def test_positions_orders_and_trades_as_json_and_tables(tmp_path: Path) -> None:
     table = qt("trades", home=home)
     assert table.returncode == 0 and "BTCUSDT" in table.stdout and "Closed trades" in table.stdout
     assert json.loads(qt("positions", "--json", home=home).stdout) == {"positions": []}
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--broker", "binance", "--market", "futures"], {}, "QT_BINANCE_API_KEY"),
+        (["--broker", "ftx"], {}, "--broker 'ftx'"),
+        (["--market", "margin"], {}, "--market 'margin'"),
+        ([], {"QT_JOURNAL_URL": "sqlite:////nonexistent-qt-dir/sub/journal.db"}, "cannot be opened"),
+    ],
+    ids=["binance-without-keys", "unknown-broker", "unknown-market", "journal-cannot-open"],
+)
+def test_reconcile_bad_input_is_exit_2_naming_the_field_and_writes_nothing(
+    tmp_path: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    home = tmp_path / "home"
+    keyless = {"QT_BINANCE_API_KEY": "", "QT_BINANCE_API_SECRET": "", **env}
+    result = qt("reconcile", *args, "--json", home=home, env=keyless)
+    assert result.returncode == 2, result.stderr
+    assert says in json.loads(result.stdout)["error"]
+    assert not (home / "journal").exists()
+
+
+@pytest.mark.parametrize("broker", ["paper", "binance"])
+def test_reconcile_replaces_a_vanished_stop_through_the_cli(
+    tmp_path: Path, btc_raw: pd.DataFrame, broker: str
+) -> None:
+    """A journalled futures position lost its stop; ``qt reconcile`` (local exchange) re-places it."""
+    candles = btc_raw.iloc[:3600].reset_index(drop=True)
+    at = int(candles["open_time"].iloc[3000])
+    home = tmp_path / "home"
+    with FakeExchange(now_ms=at) as exchange:
+        exchange.add_candles("BTCUSDT", "1h", candles, market="futures")
+        env = {
+            "QT_BINANCE_FUTURES_URL": exchange.futures_url, "QT_BINANCE_SPOT_URL": exchange.spot_url,
+            "QT_BINANCE_API_KEY": "test-key", "QT_BINANCE_API_SECRET": "test-secret", "QT_LEVERAGE": "2",
+        }  # fmt: skip
+        journal = Journal.open(load_settings(home))
+        settings = load_settings(home).model_copy(update={"leverage": 2})
+        venue = open_broker(settings, journal, broker, "futures", client=exchange.client(timeout_s=2.0))
+        price = Decimal(str(candles["open"].iloc[3000]))
+        if broker == "paper":
+            venue.set_price("BTCUSDT", price)  # type: ignore[attr-defined]
+        bar = pd.Timestamp(at, unit="ms", tz="UTC")
+        orders = venue.place_protected(entry_at(price.quantize(Decimal("0.1")), bar, qty="0.010"))
+        stop = next(o for o in orders if o.client_order_id.endswith("-stop"))
+        if broker == "paper":
+            venue.cancel_order("BTCUSDT", stop.client_order_id)
+        else:
+            exchange.vanish(stop.client_order_id)
+        result = qt("reconcile", "--broker", broker, "--market", "futures", "--json", home=home, env=env)
+        assert result.returncode == 0, result.stderr
+        done = json.loads(result.stdout)
+        assert done["missing_stops"] == ["BTCUSDT"] and len(done["replaced"]) >= 1
+        assert done["unprotected_positions"] == 0 and venue.unprotected_positions() == 0  # type: ignore[attr-defined]
+        assert [Decimal(p["quantity"]) for p in done["positions"]] == [Decimal("0.010")]

@@ -91,7 +91,7 @@ class BinanceBroker:
 
         if market == "spot":
             return BinanceSpotBroker(make_client(settings), journal)
-        return cls(make_client(settings), journal)
+        return cls(make_client(settings), journal, leverage=settings.leverage)
 
     # -- the protocol -----------------------------------------------------------------------
     def place_order(self, order: OrderRequest) -> Order:
