@@ -1,0 +1,174 @@
+"""One risk engine: modes from the book's health, and a veto (with its reason) per entry.
+
+It replaces the original's orchestrator policy, risk guard, safety governor and emergency
+stop with one set of rules, applied in this order to every candidate entry:
+
+* the **mode**: HALT when the day's drawdown reaches ``daily_drawdown`` or the drawdown from
+  the equity peak reaches ``halt_drawdown`` (no new entries; exits keep working); CRITICAL
+  after ``critical_after_losses`` losing trades in a row; DEFENSIVE after
+  ``defensive_after_losses``; NORMAL otherwise. DEFENSIVE and CRITICAL scale the risk per
+  trade down and cap the open positions lower;
+* min confidence, no second position in a symbol, a cooldown after a symbol's exit, max open
+  positions, max gross exposure (sum of notional over equity).
+
+Correlation-weighted exposure is not checked yet: the book holds no return history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import pandas as pd
+
+from tasks.fills import Side
+
+
+class Mode(StrEnum):
+    """How much risk the book may take now."""
+
+    NORMAL = "NORMAL"
+    DEFENSIVE = "DEFENSIVE"
+    CRITICAL = "CRITICAL"
+    HALT = "HALT"
+
+
+@dataclass
+class Held:
+    """A position the book holds, with what its exits need."""
+
+    symbol: str
+    side: Side
+    quantity: float
+    entry: float
+    stop: float
+    initial_stop: float
+    best: float
+    opened: pd.Timestamp
+    take_profits: list[tuple[float, float]] = field(default_factory=list)
+
+    def notional(self, price: float) -> float:
+        """The position's value at ``price``."""
+        return self.quantity * price
+
+    def unrealised(self, price: float) -> float:
+        """Profit if closed at ``price`` (before fees)."""
+        sign = 1.0 if self.side == "long" else -1.0
+        return sign * (price - self.entry) * self.quantity
+
+
+@dataclass
+class Book:
+    """What the strategy knows of the account at a bar's close (rebuilt from the journal live).
+
+    Attributes:
+        equity: cash plus unrealised P&L at the bar's close.
+        peak_equity: the highest equity so far.
+        day_start_equity: equity at the close of the previous UTC day's last bar.
+        positions: symbol → held position.
+        last_exit: symbol → the bar a position in it was closed on.
+        r_multiples: closed trades' net results in R, oldest first.
+        prices: symbol → the bar's close.
+    """
+
+    equity: float
+    peak_equity: float
+    day_start_equity: float
+    positions: dict[str, Held] = field(default_factory=dict)
+    last_exit: dict[str, pd.Timestamp] = field(default_factory=dict)
+    r_multiples: list[float] = field(default_factory=list)
+    prices: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def losing_streak(self) -> int:
+        """Losing trades in a row, newest back."""
+        streak = 0
+        for r in reversed(self.r_multiples):
+            if r >= 0:
+                break
+            streak += 1
+        return streak
+
+    def gross_exposure(self) -> float:
+        """Sum of the positions' notional over equity."""
+        if self.equity <= 0:
+            return float("inf")
+        total = sum(h.notional(self.prices.get(s, h.entry)) for s, h in self.positions.items())
+        return total / self.equity
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """The risk engine's thresholds (fractions of equity unless named otherwise)."""
+
+    min_confidence: float = 0.02
+    max_open_positions: int = 4
+    max_gross_exposure: float = 1.0
+    cooldown_bars: int = 2
+    daily_drawdown: float = 0.05
+    halt_drawdown: float = 0.25
+    defensive_after_losses: int = 3
+    critical_after_losses: int = 6
+    defensive_risk_scale: float = 0.5
+    critical_risk_scale: float = 0.25
+    defensive_max_positions: int = 2
+    critical_max_positions: int = 1
+
+    def mode(self, book: Book) -> Mode:
+        """The book's mode now."""
+        if book.day_start_equity > 0 and book.equity <= book.day_start_equity * (1 - self.daily_drawdown):
+            return Mode.HALT
+        if book.peak_equity > 0 and book.equity <= book.peak_equity * (1 - self.halt_drawdown):
+            return Mode.HALT
+        if book.losing_streak >= self.critical_after_losses:
+            return Mode.CRITICAL
+        if book.losing_streak >= self.defensive_after_losses:
+            return Mode.DEFENSIVE
+        return Mode.NORMAL
+
+    def risk_scale(self, mode: Mode) -> float:
+        """How much of the normal risk per trade the mode allows."""
+        return {
+            Mode.NORMAL: 1.0,
+            Mode.DEFENSIVE: self.defensive_risk_scale,
+            Mode.CRITICAL: self.critical_risk_scale,
+            Mode.HALT: 0.0,
+        }[mode]
+
+    def max_positions(self, mode: Mode) -> int:
+        """Open positions the mode allows."""
+        return {
+            Mode.NORMAL: self.max_open_positions,
+            Mode.DEFENSIVE: min(self.max_open_positions, self.defensive_max_positions),
+            Mode.CRITICAL: min(self.max_open_positions, self.critical_max_positions),
+            Mode.HALT: 0,
+        }[mode]
+
+    def veto(
+        self,
+        book: Book,
+        symbol: str,
+        confidence: float,
+        notional: float,
+        bar_time: pd.Timestamp,
+        step: pd.Timedelta,
+    ) -> str | None:
+        """Why an entry may not be taken now, or None when it may."""
+        mode = self.mode(book)
+        if mode is Mode.HALT:
+            return "HALT: drawdown limit reached"
+        if confidence < self.min_confidence:
+            return f"confidence {confidence:.3f} below {self.min_confidence}"
+        if symbol in book.positions:
+            return "a position in the symbol is open"
+        last = book.last_exit.get(symbol)
+        if last is not None and bar_time - last < self.cooldown_bars * step:
+            return f"cooldown: closed {last.isoformat()}"
+        if len(book.positions) >= self.max_positions(mode):
+            return f"{mode.value}: {len(book.positions)} positions open (max {self.max_positions(mode)})"
+        if book.equity <= 0:
+            return "no equity"
+        exposure = book.gross_exposure() + notional / book.equity
+        if exposure > self.max_gross_exposure + 1e-12:
+            return f"gross exposure {exposure:.2f} above {self.max_gross_exposure}"
+        return None

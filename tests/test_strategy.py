@@ -1,0 +1,140 @@
+"""The strategy (policy → sizing → risk → exits) and the backtest with exits, on known numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.features.regime import Regime
+from tasks.strategy.engine import Signal, Strategy
+from tasks.strategy.exits import Exits
+from tasks.strategy.risk import Book, Held, Mode, RiskLimits
+from tasks.strategy.simulate import Venue, simulate, summary
+from tasks.strategy.sizing import Sizing, payoff_ratio
+
+HOUR = pd.Timedelta(hours=1)
+T0 = pd.Timestamp("2025-01-01 10:00", tz="UTC")
+
+
+def test_sizing_risks_a_fraction_of_equity_at_the_stop_then_kelly() -> None:
+    sizing = Sizing(risk_per_trade=0.01, max_position_fraction=1.0)
+    distance = sizing.stop_distance(100.0, 0.01, Regime.RANGING)  # 1.5 ATR of 1 %
+    assert distance == pytest.approx(1.5)
+    assert sizing.quantity(10_000, 100.0, distance, 0.01) == pytest.approx(100 / 1.5)  # loses 100 at the stop
+    assert sizing.quantity(10_000, 100.0, 0.1, 0.01) == pytest.approx(100.0)  # capped at 1 × equity
+    assert sizing.risk_fraction(0.6, 2.0, closed_trades=19) == 0.01  # not enough trades for Kelly
+    assert sizing.risk_fraction(0.6, 2.0, closed_trades=20) == pytest.approx(min(0.25 * 0.4, 0.02))
+    assert sizing.risk_fraction(0.3, 1.0, closed_trades=50) == 0.0  # Kelly sees no edge
+    assert payoff_ratio([2.0, -1.0, 1.0, -1.0]) == pytest.approx(1.5)
+
+
+def test_exits_take_profit_at_r_multiples_break_even_and_trail() -> None:
+    exits = Exits()
+    legs = exits.take_profits("long", 100.0, 2.0, 1.0, confidence=0.2)
+    assert legs == [(102.0, 0.3), (104.0, 0.3), (106.0, 0.4)]
+    assert exits.profile(0.05) == "conservative" and exits.profile(0.5) == "aggressive"
+    assert exits.moved_stop("long", 100.0, 98.0, 98.0, best=101.0) == 98.0  # +0.5 R: unchanged
+    assert exits.moved_stop("long", 100.0, 98.0, 98.0, best=102.0) == 100.0  # +1 R: break-even
+    assert exits.moved_stop("long", 100.0, 100.0, 98.0, best=105.0) == 103.0  # +2.5 R: trail 1 R behind
+    assert exits.moved_stop("long", 100.0, 103.0, 98.0, best=104.0) == 103.0  # never looser
+    assert exits.moved_stop("short", 100.0, 102.0, 102.0, best=97.0) == 100.0  # +1.5 R: break-even
+    assert exits.moved_stop("short", 100.0, 100.0, 102.0, best=95.0) == 97.0  # +2.5 R: trailing
+
+
+def _held(symbol: str) -> Held:
+    return Held(symbol, "long", 1.0, 100.0, 98.0, 98.0, 100.0, T0)
+
+
+def test_risk_modes_and_vetoes_name_their_reason() -> None:
+    limits = RiskLimits()
+    book = Book(10_000, 10_000, 10_000)
+    assert limits.mode(book) is Mode.NORMAL
+    book.r_multiples = [1.0, -1.0, -1.0, -1.0]
+    assert limits.mode(book) is Mode.DEFENSIVE and limits.risk_scale(Mode.DEFENSIVE) == 0.5
+    book.r_multiples = [-1.0] * 6
+    assert limits.mode(book) is Mode.CRITICAL
+    assert limits.mode(Book(9_400, 10_000, 10_000)) is Mode.HALT  # -6 % on the day
+    fresh = Book(10_000, 10_000, 10_000, positions={"ETHUSDT": _held("ETHUSDT")}, last_exit={"BTCUSDT": T0})
+    veto = lambda symbol, conf=0.2, notional=100.0, at=T0 + HOUR: limits.veto(  # noqa: E731
+        fresh, symbol, conf, notional, at, HOUR
+    )
+    assert veto("ETHUSDT") == "a position in the symbol is open"
+    assert veto("BTCUSDT").startswith("cooldown")
+    assert veto("BTCUSDT", at=T0 + 2 * HOUR) is None
+    assert veto("SOLUSDT", conf=0.01).startswith("confidence")
+    assert veto("SOLUSDT", notional=10_000.0).startswith("gross exposure")
+    assert limits.veto(Book(9_000, 10_000, 10_000), "SOLUSDT", 0.2, 10.0, T0, HOUR).startswith("HALT")
+
+
+def _signal(symbol: str, p_up: float, price: float = 100.0) -> Signal:
+    return Signal(symbol, T0, p_up, price, 0.01, float(Regime.CHOPPY), edge_scale=0.01, cost=0.0005)
+
+
+def test_decide_enters_the_best_edges_with_stop_and_targets_and_closes_on_a_turn() -> None:
+    strategy = Strategy(top_k=1)
+    book = Book(10_000, 10_000, 10_000, positions={"ETHUSDT": _held("ETHUSDT")})
+    decided = strategy.decide(
+        book, [_signal("BTCUSDT", 0.6), _signal("SOLUSDT", 0.7), _signal("ETHUSDT", 0.2)], HOUR
+    )
+    assert decided.closes == {"ETHUSDT": "signal turned"}
+    [entry] = decided.entries  # top_k = 1: SOL's edge is larger
+    assert (entry.symbol, entry.side) == ("SOLUSDT", "long")
+    assert entry.stop == pytest.approx(98.0)  # 2 ATR (CHOPPY) below 100
+    assert [p for p, _ in entry.take_profits] == pytest.approx(
+        [103.0, 106.0, 110.0]
+    )  # confidence 0.4: aggressive
+    assert entry.quantity == pytest.approx(min(100 / 2.0, 10_000 * 0.25 / 100))
+
+
+def _frame(btc_raw: pd.DataFrame, p_up: np.ndarray) -> pd.DataFrame:
+    rows = btc_raw.iloc[3000 : 3000 + len(p_up)].reset_index(drop=True)
+    frame = rows[["open", "high", "low", "close"]].astype(float).copy()
+    frame["symbol"] = "BTCUSDT"
+    frame["open_time"] = pd.to_datetime(rows["open_time"], unit="ms", utc=True)
+    frame["p_up"] = p_up
+    frame["atr_pct"] = 0.01
+    frame["regime"] = float(Regime.CHOPPY)
+    return frame
+
+
+def test_simulation_accounts_every_fill_and_the_equity_adds_up(btc_raw: pd.DataFrame) -> None:
+    rng = np.random.default_rng(7)
+    frame = _frame(btc_raw, np.clip(0.5 + rng.normal(0, 0.08, 500), 0.01, 0.99))
+    venue = Venue(fee_bps=4, slippage_bps=1, funding_bps_8h=1, cash=10_000)
+    result = simulate(frame, Strategy(), HOUR, venue, {"BTCUSDT": 0.006}, cost=0.0005)
+    assert len(result.trades) >= 5
+    for trade in result.trades:
+        assert trade.exits and trade.exits[-1] in {"stop", "close", "tp1", "tp2", "tp3"}
+        assert trade.risk > 0
+    last = frame.iloc[-1]
+    unrealised = sum(h.unrealised(float(last["close"])) for h in result.open_positions.values())
+    open_fees = result.fees - sum(t.fees for t in result.trades)
+    booked = sum(t.net for t in result.trades) - open_fees + unrealised
+    assert result.equity.iloc[-1] == pytest.approx(10_000 + booked - _open_funding(result, venue, frame))
+    figures = summary(result, HOUR)
+    assert figures["trades"] == len(result.trades) and figures["fees_paid"] > 0
+
+
+def _open_funding(result, venue, frame) -> float:  # type: ignore[no-untyped-def]
+    """Funding the open positions paid (already in equity, not yet in a trade)."""
+    return result.funding - sum(-t.funding for t in result.trades)
+
+
+def test_a_stop_fills_at_the_stop_and_the_loss_is_one_r_plus_costs() -> None:
+    """Flat candles at 100, one long call, then a candle down to 97: the 98 stop fills, R = -1 - fees."""
+    times = pd.date_range(T0, periods=4, freq="h")
+    frame = pd.DataFrame({
+        "symbol": "BTCUSDT", "open_time": times, "open": [100.0, 100.0, 100.0, 97.5],
+        "high": [100.5, 100.5, 100.2, 98.0], "low": [99.5, 99.5, 97.0, 97.0],
+        "close": [100.0, 100.0, 97.5, 97.5],
+        "p_up": [0.9, 0.5, 0.5, 0.5], "atr_pct": 0.01, "regime": float(Regime.CHOPPY),
+    })  # fmt: skip
+    venue = Venue(fee_bps=10, slippage_bps=0, cash=10_000)
+    result = simulate(frame, Strategy(), HOUR, venue, {"BTCUSDT": 0.01}, cost=0.0)
+    [trade] = result.trades
+    assert trade.exits == ["stop"] and trade.entry_price == 100.0 and trade.exit_time == times[2]
+    fees = 0.001 * trade.quantity * (100.0 + 98.0)
+    assert trade.fees == pytest.approx(fees)
+    assert trade.r_multiple == pytest.approx(-1.0 - fees / (2.0 * trade.quantity))
+    assert result.equity.iloc[-1] == pytest.approx(10_000 - 2.0 * trade.quantity - fees)
