@@ -134,6 +134,16 @@ def test_the_same_decision_twice_sends_nothing_new(venue: Venue) -> None:
         assert len(entries) == 1
 
 
+def test_a_moved_stop_replaces_the_old_one_and_the_position_stays_protected(venue: Venue) -> None:
+    venue.broker.place_protected(venue.entry())
+    moved = (venue.price() * Decimal("0.995")).quantize(Decimal("0.1"))  # tighter, still below the price
+    venue.broker.replace_stop("BTCUSDT", moved, venue.bar_time())
+    stops = [o for o in venue.broker.open_orders("BTCUSDT") if o.type == venue.stop_kind]
+    assert {o.stop_price for o in stops} == {moved}
+    assert venue.broker.unprotected_positions() == 0
+    assert [p.quantity for p in venue.broker.positions()] == [venue.held]
+
+
 def test_exits_fill_as_candles_close_until_the_position_is_flat(venue: Venue) -> None:
     venue.broker.place_protected(venue.entry(stop_pct="1"))
     for _ in range(500):

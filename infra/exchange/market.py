@@ -1,4 +1,4 @@
-"""The public market-data endpoints: ping, time, exchangeInfo, klines and 24h tickers."""
+"""The public market-data endpoints: ping, time, exchangeInfo, klines, 24h tickers and the last price."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class _MarketData(_ExchangeBase):
             return 200, self._exchange_info(market, now)
         if endpoint == "klines":
             return 200, self._klines(market, params, now)
+        if endpoint == "ticker/price":  # the last price: the open of the candle forming now
+            return 200, {
+                "symbol": self._symbol(market, params),
+                "price": _s(self.price(params["symbol"], market)),
+            }
         tickers = [
             self._ticker(sym, s, now)
             for (m, sym, ival), s in self._series.items()
@@ -95,7 +100,9 @@ class _MarketData(_ExchangeBase):
         limit = int(params.get("limit", 500))
         if not 1 <= limit <= _MAX_LIMIT[market]:
             raise _ApiError(-1130, f"Invalid limit {limit}; max {_MAX_LIMIT[market]}.")
-        visible = int(np.searchsorted(series.open_time, now, side="right"))  # opened by now
+        visible = int(
+            np.searchsorted(series.open_time, now, side="left")
+        )  # closed candles only  # opened by now
         end = visible
         if "endTime" in params:
             end = min(end, int(np.searchsorted(series.open_time, int(params["endTime"]), side="right")))
@@ -105,7 +112,7 @@ class _MarketData(_ExchangeBase):
         return [list(r) for r in series.rows[max(0, end - limit) : end]]
 
     def _ticker(self, symbol: str, series: _Series, now: int) -> dict[str, Any]:
-        visible = int(np.searchsorted(series.open_time, now, side="right"))
+        visible = int(np.searchsorted(series.open_time, now, side="left"))  # closed candles only
         day = series.rows[max(0, visible - 24) : visible]
         quote = sum(float(r[4]) * float(r[5]) for r in day)
         return {

@@ -209,7 +209,14 @@ class FakeExchange(_Matching, _MarketData):
     ) -> tuple[int, Any]:
         self._match()
         now = self.clock()
-        if method == "GET" and endpoint in ("ping", "time", "exchangeInfo", "klines", "ticker/24hr"):
+        if method == "GET" and endpoint in (
+            "ping",
+            "time",
+            "exchangeInfo",
+            "klines",
+            "ticker/24hr",
+            "ticker/price",
+        ):
             return self._market_data(market, endpoint, params, now)
         handler = self._routes().get((market, method, endpoint))
         if handler is None:

@@ -221,6 +221,14 @@ class Broker(Protocol):
         """Enter, then place and verify every exit; close at market if the stop cannot be placed."""
         ...
 
+    def replace_stop(self, symbol: str, stop: Decimal, bar_time: pd.Timestamp) -> Order:
+        """Move a position's stop (the new one placed before the old one goes: never unprotected)."""
+        ...
+
     def reconcile(self) -> ReconcileReport:
         """Read back positions and open orders, re-place missing protective orders."""
+        ...
+
+    def unprotected_positions(self) -> int:
+        """Open positions without a live stop (the goal is always 0)."""
         ...

@@ -177,8 +177,44 @@ class BinanceBroker:
                 session.add(db.Event(kind="protected_entry", detail=plan))
         self._prepare_symbol(entry.symbol)
         placed = [self.place_order(OrderRequest(entry_id, entry.symbol, side, "market", quantity))]
+        with self.journal.transaction() as session:  # the position's 1 R, for its trade's R multiple
+            for position in q.open_positions(session, entry.symbol):
+                if position.initial_stop is None:
+                    position.initial_stop = position.stop = stop
         placed += self._protect(entry.symbol, entry.side, entry.bar_time, stop, targets)
         return placed
+
+    def replace_stop(self, symbol: str, stop: Decimal, bar_time: pd.Timestamp) -> Order:
+        """Place the moved stop, then cancel the old one; a stop the venue refuses closes at market."""
+        rules = self._rules(symbol)
+        stop = rules.round_price(stop)
+        held = next((p for p in self.positions() if p.symbol == symbol), None)
+        if held is None:
+            raise OrderRefusedError(f"{symbol}: no open position to move the stop of")
+        before = [o for o in self.open_orders(symbol) if o.type in ("stop_market", "stop_loss_limit")]
+        moves = len(
+            [row for row in self.journal.read(lambda s: q.open_orders(s, symbol)) if row.leg == "stop"]
+        )
+        request = self._stop_request(symbol, held, stop, client_order_id(symbol, bar_time, f"mv{moves}"))
+        try:
+            placed = self.place_order(request)
+        except OrderRefusedError as err:  # e.g. it would trigger at once: the price is already through it
+            self._event("stop_move_refused", symbol=symbol, order=request.client_order_id, reason=str(err))
+            self._close_at_market(held, f"the moved stop {stop} was refused")
+            return self._read(request, {"clientOrderId": request.client_order_id, "symbol": symbol})
+        still = {o.client_order_id for o in self.open_orders(symbol)}
+        for old in before:
+            if old.client_order_id in still and old.client_order_id != request.client_order_id:
+                self.cancel_order(symbol, old.client_order_id)
+        with self.journal.transaction() as session:
+            for position in q.open_positions(session, symbol):
+                position.stop = stop
+        return placed
+
+    def _stop_request(self, symbol: str, held: Position, stop: Decimal, cid: str) -> OrderRequest:
+        """A futures stop closing the whole position (the spot broker sizes and limits its own)."""
+        return OrderRequest(cid, symbol, closing_side(held.side), "stop_market", Decimal(0), stop_price=stop,
+                            reduce_only=True, leg="stop")  # fmt: skip
 
     def reconcile(self) -> ReconcileReport:
         """Read back positions and open orders; re-place a missing stop, close what cannot be protected."""

@@ -191,12 +191,47 @@ class BinanceSpotBroker(BinanceBroker):
 
     def _close_at_market(self, position: Position, why: str) -> None:
         """Cancel the symbol's open sells (they lock the coins), then sell what is held at market."""
-        for o in self._open_raw(position.symbol):
-            if o["side"] == "SELL":
-                self.cancel_order(position.symbol, o["clientOrderId"])
+        self._cancel_sells(position.symbol)
         free = self._holdings().get(self._base(position.symbol), Decimal(0))
         quantity = min(position.quantity, self._rules(position.symbol).round_quantity(free))
         super()._close_at_market(Position(position.symbol, "long", quantity, position.entry_price), why)
+
+    def _stop_request(self, symbol: str, held: Position, stop: Decimal, cid: str) -> OrderRequest:
+        """One stop-loss-limit for the whole position.
+
+        A sell locks the coins it sells, so the old stops and the take-profit OCOs are
+        cancelled first: the position is unprotected for the two requests in between (spot
+        allows no other way), and if the new stop is refused it is closed at market.
+        """
+        self._cancel_sells(symbol)
+        rules = self._rules(symbol)
+        limit = rules.round_price(stop * (1 - self.stop_limit_bps / 10_000))
+        free = self._holdings().get(self._base(symbol), Decimal(0))
+        quantity = rules.round_quantity(min(held.quantity, free))
+        return OrderRequest(cid, symbol, "sell", "stop_loss_limit", quantity, stop_price=stop, price=limit,
+                            reduce_only=True, leg="stop")  # fmt: skip
+
+    def _cancel_sells(self, symbol: str) -> None:
+        """Cancel the symbol's open sells; an OCO once (cancelling one leg cancels its list)."""
+        lists: set[int] = set()
+        for o in self._open_raw(symbol):
+            listed = int(o.get("orderListId", -1))
+            if o["side"] != "SELL" or listed in lists:
+                continue
+            self.cancel_order(symbol, o["clientOrderId"])
+            if listed >= 0:
+                lists.add(listed)
+                sibling = [
+                    x["clientOrderId"] for x in self._open_raw(symbol) if x.get("orderListId") == listed
+                ]
+                self._journal_cancelled(sibling)
+
+    def _journal_cancelled(self, client_ids: list[str]) -> None:
+        with self.journal.transaction() as session:
+            for cid in client_ids:
+                row = q.order_by_client_id(session, cid)
+                if row is not None and row.status in db.OPEN_ORDER_STATUSES:
+                    row.status = "canceled"
 
     def _prepare_symbol(self, symbol: str) -> None:
         """Spot has no leverage or margin type."""

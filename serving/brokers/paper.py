@@ -231,6 +231,32 @@ class PaperBroker:
             session.flush()
             return [order_from_row(row) for row in rows]
 
+    def replace_stop(self, symbol: str, stop: Decimal, bar_time: pd.Timestamp) -> Order:
+        """Move the position's stop (break-even, trailing): the new stop and the old one's cancel, at once."""
+        rules = self._rules(symbol)
+        stop = rules.round_price(stop)
+        with self.journal.transaction() as session:
+            position = next(iter(q.open_positions(session, symbol)), None)
+            if position is None:
+                raise OrderRefusedError(f"{symbol}: no open position to move the stop of")
+            side = position_side(position.side)
+            moves = sum(1 for leg in position.protective_orders if leg.kind == "stop")
+            request = OrderRequest(
+                client_order_id(symbol, bar_time, f"mv{moves}"), symbol, closing_side(side), "stop_market",
+                position.quantity, stop_price=stop, reduce_only=True, leg="stop",
+            )  # fmt: skip
+            row = self._check_and_record(session, request)
+            old = live_stop(position)
+            if old is not None:
+                old.status = old.order.status = "canceled"
+            session.add(
+                db.ProtectiveOrder(position=position, order=row, kind="stop", price=stop,
+                                   quantity=position.quantity, status="new")
+            )  # fmt: skip
+            position.stop = stop
+            session.flush()
+            return order_from_row(row)
+
     def reconcile(self) -> ReconcileReport:
         """Every open position must hold a live stop; re-place a missing one (journalled)."""
         report = ReconcileReport()
