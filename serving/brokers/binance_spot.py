@@ -214,17 +214,15 @@ class BinanceSpotBroker(BinanceBroker):
     def _cancel_sells(self, symbol: str) -> None:
         """Cancel the symbol's open sells; an OCO once (cancelling one leg cancels its list)."""
         lists: set[int] = set()
-        for o in self._open_raw(symbol):
+        raw = self._open_raw(symbol)
+        for o in raw:
             listed = int(o.get("orderListId", -1))
             if o["side"] != "SELL" or listed in lists:
                 continue
             self.cancel_order(symbol, o["clientOrderId"])
             if listed >= 0:
                 lists.add(listed)
-                sibling = [
-                    x["clientOrderId"] for x in self._open_raw(symbol) if x.get("orderListId") == listed
-                ]
-                self._journal_cancelled(sibling)
+                self._journal_cancelled([x["clientOrderId"] for x in raw if x.get("orderListId") == listed])
 
     def _journal_cancelled(self, client_ids: list[str]) -> None:
         with self.journal.transaction() as session:
