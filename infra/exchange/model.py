@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 _PREFIX = {"/api/v3": "spot", "/fapi/v1": "futures", "/fapi/v2": "futures", "/fapi/v3": "futures"}
 _MAX_LIMIT = {"spot": 1000, "futures": 1500}
@@ -300,7 +301,7 @@ def _flag(params: dict[str, str], name: str) -> bool:
 
 def _field(column: str, value: Any) -> Any:
     """A kline field as Binance sends it: integers for times/trades, strings for decimals."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return None
     if column in ("open_time", "close_time", "trades"):
         return int(value)

@@ -141,11 +141,7 @@ class Strategy:
             moved = round_price(symbol, wanted)
             if moved != held.stop and (moved > held.stop if held.side == "long" else moved < held.stop):
                 out.stop_moves[symbol] = moved
-        candidates = [
-            s
-            for s in signals
-            if s.symbol not in book.positions and self.want(s) in (1.0, -1.0) and s.net_edge > 0
-        ]
+        candidates = [s for s in signals if s.symbol not in book.positions and self.want(s) in (1.0, -1.0)]
         candidates.sort(key=lambda s: (-s.net_edge, s.symbol))
         mode = self.risk.mode(book)
         scale = self.risk.risk_scale(mode)

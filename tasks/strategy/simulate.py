@@ -148,10 +148,13 @@ def simulate(
     abs_return: Mapping[str, float],
     cost: float,
     rules: Mapping[str, object] | None = None,
+    then: pd.DataFrame | None = None,
 ) -> Simulation:
     """Run ``strategy`` over ``frame`` (one row per symbol and bar: OHLC, ``p_up``, ``atr_pct``, ``regime``).
 
     ``cost`` is the per-side cost the policy weighs edges against; ``venue`` what fills cost.
+    ``then``: the rows of the bar after the last: what the last close decided fills at its
+    open (as the live loop fills it), and nothing else of it is simulated.
     """
     grid = Rules(rules)
     book = Book(venue.cash, venue.cash, venue.cash)
@@ -167,6 +170,8 @@ def simulate(
         state.mark(bars, bar_time)
         pending = strategy.decide(book, signals_at(rows, abs_return, cost), step, grid.quantity, grid.price)
         vetoes += [(bar_time, s, reason) for s, reason in pending.vetoes]
+    if then is not None and len(then):
+        state.execute(pending, bars_of(then), pd.Timestamp(str(then["open_time"].iloc[0])))
     equity = pd.Series(dict(state.equity_at), dtype=np.float64)
     return Simulation(state.trades, equity, vetoes, {s: o.held for s, o in state.open.items()},
                       state.fees_paid, state.funding_paid)  # fmt: skip

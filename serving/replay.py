@@ -1,0 +1,173 @@
+"""Replay: the whole live loop offline, the local exchange serving stored candles as they "close".
+
+``qt live --replay-from DATE`` starts a replay home under ``<home>/replays/<stamp>/`` whose
+store holds only the candles before DATE; the local exchange (:mod:`infra.exchange`) holds
+them all and its clock walks bar by bar, so the real python-binance client fetches each new
+candle through the ingest path, and the chosen broker (paper, or Binance against the local
+exchange) trades it. The champion comes from the home's registry. The replay's journal,
+broker state and equity are the replay home's, marked as a replay, never the live ones.
+``qt live --replay DIR`` plays the candle files in DIR (data-dump layout) after the store's
+newest candle the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import SecretStr
+
+from core.candles import interval_ms
+from core.errors import BadConfigError
+from core.settings import Settings
+from serving.brokers.factory import check_choice, open_broker
+from serving.journal import Journal
+from serving.journal import models as db
+from serving.live import LiveConfig, TickReport
+from serving.live_loop import LiveLoop, Summary
+from tasks.store import CandleStore
+
+
+def replay_home(settings: Settings, broker: str, market: str) -> Settings:
+    """Settings of a fresh replay home (its own store and journal; the home's registry)."""
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
+    home = settings.home / "replays" / f"{stamp}-{broker}-{market}"
+    home.mkdir(parents=True)
+    return settings.model_copy(
+        update={"home": home, "mlflow_tracking_uri": settings.tracking_uri, "journal_url": None}
+    )
+
+
+def replay(
+    settings: Settings,
+    config: LiveConfig,
+    broker: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp | None = None,
+    speed: float = 0.0,
+    candles: dict[str, pd.DataFrame] | None = None,
+    on_tick: Callable[[TickReport], None] = lambda _: None,
+) -> tuple[Summary, Settings]:
+    """Replay the bars from ``start`` to ``end`` (default: the newest) through the live loop.
+
+    Args:
+        settings: the home (its store and registry).
+        config: universe, interval, market, strategy.
+        broker: ``paper`` or ``binance`` (against the local exchange).
+        start: the first bar replayed; only candles before it are history.
+        end: the last bar replayed.
+        speed: ticks per minute of real time relative to live (1000: a tick every 60 ms);
+            0 replays as fast as the loop runs.
+        candles: symbol → store frame to play (default: the home's store).
+        on_tick: told each tick's report.
+
+    Returns:
+        The summary and the replay home's settings (its journal holds the session).
+    """
+    from infra.exchange import FakeExchange
+    from tasks.ingest.binance import BinanceKlineSource
+
+    check_choice(broker, config.market)
+    store = CandleStore(settings.store_dir)
+    frames = candles or {s: store.read(s, config.interval, config.market) for s in _symbols(store, config)}
+    step = pd.Timedelta(milliseconds=interval_ms(config.interval))
+    timeline = sorted(
+        {t for f in frames.values() for t in f.index if t >= start and (end is None or t <= end)}
+    )
+    if not timeline:
+        raise BadConfigError(f"--replay-from {start}: no stored {config.interval} candles from then on")
+    target = replay_home(settings, broker, config.market)
+    history = CandleStore(target.store_dir)
+    for symbol, frame in frames.items():
+        before = frame[frame.index < start]
+        if candles is None and len(before):
+            history.upsert(symbol, config.interval, config.market, before)
+    exchange = FakeExchange(
+        now_ms=_ms(timeline[0]), taker_bps=settings.taker_fee_bps, maker_bps=settings.maker_fee_bps,
+        quote_balance=settings.paper_cash,
+    )  # fmt: skip
+    for symbol, frame in frames.items():
+        exchange.add_candles(symbol, config.interval, frame, market=config.market)
+    with exchange:
+        keys = {
+            "binance_api_key": SecretStr(exchange.api_key),
+            "binance_api_secret": SecretStr(exchange.api_secret),
+        }
+        urls = {"binance_spot_url": exchange.spot_url, "binance_futures_url": exchange.futures_url}
+        target = target.model_copy(update=keys | urls)
+        client = exchange.client(timeout_s=5.0)
+        journal = Journal.open(target)
+        with journal.transaction() as session:
+            detail = {"home": str(settings.home), "from": start.isoformat(), "speed": speed, "broker": broker}
+            session.add(db.Event(kind="replay", detail=detail))
+        venue = open_broker(target, journal, broker, config.market, client=client)
+        source = BinanceKlineSource(target, config.market, client=client)
+        price_of = _price_of(client, config.market)
+        loop = LiveLoop(target, config, venue, journal, source, price_of, settings.paper_cash)
+        summary = Summary()
+        for bar in timeline:
+            started = time.perf_counter()
+            exchange.now_ms = _ms(bar + step)  # bar has closed; the next one is forming
+            report = loop.tick()
+            elapsed = time.perf_counter() - started
+            summary.add(report, elapsed)
+            on_tick(report)
+            if speed > 0:
+                time.sleep(max(0.0, 60.0 / speed - elapsed))
+    return summary, target
+
+
+def replay_files(directory: Path, settings: Settings, config: LiveConfig) -> dict[str, pd.DataFrame]:
+    """Candle files in ``directory`` (data-dump layout) as store frames joined to the stored history.
+
+    Raises:
+        BadConfigError: no files for the universe in ``directory``, or they do not follow the store.
+    """
+    from core.candles import to_store_frame
+    from tasks.ingest.files import read_candle_file
+
+    store = CandleStore(settings.store_dir)
+    frames = {}
+    for symbol in _symbols(store, config):
+        files = sorted(directory.glob(f"{symbol}-{config.interval}*"))
+        if not files:
+            continue
+        raw = pd.concat([read_candle_file(f) for f in files], ignore_index=True)
+        played = to_store_frame(raw.drop(columns=[c for c in ("source_file", "source_row") if c in raw]))
+        stored = store.read(symbol, config.interval, config.market)
+        frames[symbol] = pd.concat([stored, played[played.index > stored.index[-1]]]).sort_index()
+    if not frames:
+        raise BadConfigError(
+            f"--replay {directory}: no {config.interval} candle files for {list(config.symbols)}"
+        )
+    return frames
+
+
+def _symbols(store: CandleStore, config: LiveConfig) -> list[str]:
+    from tasks.features import FeatureSpec
+
+    stored = store.symbols(config.interval, config.market)
+    missing = [s for s in config.symbols if s not in stored]
+    if missing:
+        raise BadConfigError(
+            f"no stored {config.interval} {config.market} candles for {missing}; stored: {stored}"
+        )
+    cross = FeatureSpec().cross_asset_symbol
+    return list(dict.fromkeys([*config.symbols, *([cross] if cross in stored else [])]))
+
+
+def _price_of(client: Any, market: str) -> Callable[[str], Decimal]:
+    ticker = client.futures_symbol_ticker if market == "futures" else client.get_symbol_ticker
+
+    def price(symbol: str) -> Decimal:
+        return Decimal(str(ticker(symbol=symbol)["price"]))
+
+    return price
+
+
+def _ms(when: pd.Timestamp) -> int:
+    return int(when.value // 1_000_000)

@@ -1,0 +1,174 @@
+"""The live loop: replay through the local exchange, parity with the backtest, hot reload, failing closed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.settings import Settings, configure_environment, load_settings
+from infra.exchange import FakeExchange
+from model_registry.ensemble import Ensemble, fit_ensemble
+from model_registry.registry import register, set_alias
+from serving.brokers.factory import venue_rules
+from serving.journal import Journal, report
+from serving.journal import models as db
+from serving.live import LiveConfig, TickReport
+from serving.replay import replay
+from tasks.backtest import Costs
+from tasks.features.dataset import features_from_store
+from tasks.ingest import ingest_files
+from tasks.ingest.sample import sample_paths
+from tasks.models import ModelConfig
+from tasks.store import CandleStore
+from tasks.strategy.engine import Strategy
+from tasks.strategy.policy import Policy
+from tasks.strategy.simulate import Venue, simulate
+from tasks.walkforward import WalkForward, walk_forward
+from tests.test_cli import qt
+from tests.test_models import TINY
+
+UNTIL = pd.Timestamp("2025-05-15", tz="UTC")
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+HOUR = pd.Timedelta(hours=1)
+#: trades on any call, so a short replay has trades to compare (the registered policy rarely trades)
+EAGER = Strategy(policy=Policy(enter=0.0, exit=0.0, allow_short=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Ensemble]:
+    """A home with 3 sample pairs and a small ensemble trained before UNTIL as champion (v1)."""
+    settings = load_settings(tmp_path_factory.mktemp("live") / "home")
+    configure_environment(settings)
+    for path in sample_paths(list(SYMBOLS), "1h"):
+        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
+    matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
+    matrix = matrix[matrix["open_time"] < UNTIL]
+    plan = WalkForward(UNTIL - pd.Timedelta(days=60), UNTIL, folds=2)
+    config = ModelConfig(seed=1, device="cpu", params=TINY)
+    result = walk_forward(matrix, ["xgb", "lgbm"], config, plan)
+    assert result.stacker is not None
+    ensemble = fit_ensemble(matrix, ["xgb", "lgbm"], config, plan, result.stacker, "1h", Costs())
+    version = register(settings, ensemble, matrix[matrix["symbol"] == "BTCUSDT"].tail(2))
+    set_alias(settings, "1h", "champion", version)
+    return settings, ensemble
+
+
+def _eager(market: str = "spot") -> LiveConfig:
+    return LiveConfig(SYMBOLS, "1h", market, EAGER, model_policy=False)
+
+
+def test_replay_gives_the_backtests_trades_positions_and_equity(trained: tuple[Settings, Ensemble]) -> None:
+    """Parity: the live loop (paper broker, local exchange) against the backtest with exits, same candles."""
+    settings, ensemble = trained
+    end = UNTIL + 15 * HOUR
+    summary, home = replay(settings, _eager(), "paper", UNTIL, end)
+    assert summary.ticks == 16 and summary.errors == [] and summary.unprotected_positions == 0
+    journal = Journal.open(home)
+    store = CandleStore(settings.store_dir)
+    rows = features_from_store(store, list(SYMBOLS), "1h", include_unlabeled=True)
+    rows = rows[(rows["open_time"] >= UNTIL) & (rows["open_time"] <= end + HOUR)].copy()
+    rows["p_up"] = ensemble.predict_rows(rows)["p_stacker"].to_numpy()
+    candles = pd.concat([store.read(s, "1h", "spot").assign(symbol=s).reset_index() for s in SYMBOLS])
+    rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
+        candles[["symbol", "open_time", "open", "high", "low", "close"]], on=["symbol", "open_time"]
+    )
+    with FakeExchange(now_ms=int(UNTIL.value // 1_000_000)) as exchange:
+        for symbol in SYMBOLS:
+            exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
+        rules = venue_rules(settings, "spot", exchange.client())
+    venue = Venue(settings.taker_fee_bps, settings.slippage_bps, 0.0, settings.paper_cash)
+    cost = float(ensemble.costs.per_side())
+    body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + HOUR]
+    backtest = simulate(body, EAGER, HOUR, venue, ensemble.abs_return, cost, rules, then=then)
+    live_trades = report.trades(journal)
+    assert len(backtest.trades) >= 2 and len(live_trades) == len(backtest.trades)
+    for live, sim in zip(live_trades, backtest.trades, strict=True):
+        assert (live["symbol"], float(live["quantity"])) == (sim.symbol, pytest.approx(sim.quantity))
+        assert float(live["entry_price"]) == pytest.approx(sim.entry_price, rel=1e-12)
+        assert pd.Timestamp(live["closed_at"]) == sim.exit_time
+        assert float(live["net_pnl"]) == pytest.approx(sim.net, abs=1e-6)  # within fee rounding
+    held = {p.symbol: (float(p.quantity), float(p.entry_price)) for p in journal.open_positions()}
+    assert held == {
+        s: (pytest.approx(h.quantity), pytest.approx(h.entry)) for s, h in backtest.open_positions.items()
+    }
+    snapshots = journal.read(
+        lambda s: [float(e.equity) for e in s.query(db.EquitySnapshot).order_by(db.EquitySnapshot.time)]
+    )
+    assert snapshots == pytest.approx(backtest.equity.to_list(), abs=1e-6)
+
+
+def test_promoting_during_a_replay_hot_reloads_without_losing_a_tick(
+    trained: tuple[Settings, Ensemble],
+) -> None:
+    settings, ensemble = trained
+    version = register(
+        settings, ensemble, features_from_store(CandleStore(settings.store_dir), ["BTCUSDT"], "1h").tail(2)
+    )
+    seen: list[str | None] = []
+
+    def promote_at_third(report: TickReport) -> None:
+        seen.append(report.model_version)
+        if len(seen) == 3:
+            set_alias(settings, "1h", "champion", version)
+
+    try:
+        summary, home = replay(settings, _eager(), "paper", UNTIL, UNTIL + 5 * HOUR, on_tick=promote_at_third)
+    finally:
+        set_alias(settings, "1h", "champion", "1")
+    assert summary.ticks == 6 and seen == ["1", "1", "1", version, version, version]
+    signals = Journal.open(home).read(lambda s: [(x.time, x.model_version) for x in s.query(db.Signal)])
+    assert sorted({t for t, _ in signals}) == list(pd.date_range(UNTIL, periods=6, freq="h").to_pydatetime())
+    assert {v for t, v in signals if pd.Timestamp(t) >= UNTIL + 3 * HOUR} == {version}
+
+
+def test_binance_replay_trades_through_the_local_exchange_with_every_position_protected(
+    trained: tuple[Settings, Ensemble],
+) -> None:
+    settings, _ = trained
+    summary, home = replay(settings, _eager(), "binance", UNTIL, UNTIL + 7 * HOUR)
+    assert summary.ticks == 8 and summary.orders > 0 and summary.unprotected_positions == 0, summary.errors
+    assert summary.model_version == "1"
+    orders = Journal.open(home).read(lambda s: [o.client_order_id for o in s.query(db.Order)])
+    assert len(orders) == len(set(orders))
+
+
+def test_no_champion_means_no_new_positions_and_the_error_is_visible(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "home")
+    configure_environment(settings)
+    for path in sample_paths(["BTCUSDT"], "1h"):
+        ingest_files("BTCUSDT", "1h", "spot", [path], "sample", settings)
+    config = LiveConfig(("BTCUSDT",), "1h", "spot", EAGER, model_policy=False)
+    summary, home = replay(settings, config, "paper", UNTIL, UNTIL + HOUR)
+    assert summary.ticks == 2 and summary.orders == 0 and summary.model_version is None
+    assert any("no champion registered" in e for e in summary.errors)
+    assert Journal.open(home).open_positions() == []
+
+
+@pytest.mark.parametrize("broker", ["paper", "binance"])
+def test_qt_live_replay_json_summary(trained: tuple[Settings, Ensemble], broker: str) -> None:
+    settings, _ = trained
+    done = qt("live", "--replay-from", str(UNTIL), "--replay-to", str(UNTIL + 2 * HOUR), "--broker", broker,
+              "--speed", "1000", "--json", home=settings.home)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    keys = {"ticks", "model_version", "signals", "orders", "fills", "vetoes", "open_positions"}
+    assert set(summary) >= keys | {"unprotected_positions", "closed_trades", "equity", "fees_paid"}
+    assert summary["ticks"] == 3 and summary["model_version"] == "1" and summary["unprotected_positions"] == 0
+    assert summary["signals"] == 9 and Path(summary["replay"]).is_relative_to(settings.home / "replays")
+
+
+def test_qt_live_bad_input_is_exit_2(trained: tuple[Settings, Ensemble]) -> None:
+    settings, _ = trained
+    cases = [
+        (["--once", "--minutes", "2"], "--once or --minutes"),
+        (["--replay-from", "2025-05-15", "--broker", "ftx"], "--broker 'ftx'"),
+        (["--replay-from", "2025-05-15", "--symbols", "DOGEUSDT"], "DOGEUSDT"),
+        (["--replay-from", "2030-01-01"], "no stored 1h candles"),
+    ]
+    for args, says in cases:
+        done = qt("live", *args, "--json", home=settings.home)
+        assert done.returncode == 2, (args, done.stdout, done.stderr[-500:])
+        assert says in json.loads(done.stdout)["error"], args
