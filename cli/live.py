@@ -111,7 +111,7 @@ def _run_live(settings: Settings, config: Any, broker: str, ticks: int | None) -
     from serving.brokers.factory import open_broker
     from serving.journal import Journal
     from serving.live_loop import LiveLoop
-    from serving.replay import _price_of
+    from serving.replay import price_of as venue_price
     from tasks.ingest.binance import BinanceKlineSource, make_client
 
     client = make_client(settings)
@@ -119,7 +119,7 @@ def _run_live(settings: Settings, config: Any, broker: str, ticks: int | None) -
     venue = open_broker(settings, journal, broker, config.market, client=client)
     source = BinanceKlineSource(settings, config.market, client=client)
     loop = LiveLoop(
-        settings, config, venue, journal, source, _price_of(client, config.market), settings.paper_cash
+        settings, config, venue, journal, source, venue_price(client, config.market), settings.paper_cash
     )
 
     def next_minute() -> None:

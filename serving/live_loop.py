@@ -87,61 +87,69 @@ class LiveLoop:
         self.store = CandleStore(settings.store_dir)
         self.rules = Rules(getattr(broker, "rules", None))
         self.last_bar = self._last_decided()
+        self.seen: dict[str, pd.Timestamp] = (
+            {s: self.last_bar for s in config.symbols} if self.last_bar else {}
+        )
 
     def tick(self) -> live.TickReport:
         """One tick: model, candles, exits, prediction, decision, execution, reconcile, journal."""
         config, report = self.config, live.TickReport()
         ensemble, version, problem = self.models.current("champion")
         report.model_version = version
-        if problem:
-            report.errors.append(problem)
-        report.errors += [
-            f"{s}: {e}" for s, e in live.update_candles(self.settings, self.source, config).items()
-        ]
-        newest = self._newest_bar()
+        report.errors += [problem] if problem else []
+        failed = live.update_candles(self.settings, self.source, config)
+        report.errors += [f"{symbol}: {error}" for symbol, error in failed.items()]
+        spans = self._newest_per_symbol()
+        report.errors += self._stale(spans)
+        newest = max(spans.values()) if spans else None
         if newest is None or (self.last_bar is not None and newest <= self.last_bar):
             self._reconcile(report)
             return report
         report.bar_time = newest
         rows = FeatureSpec().min_history + (ensemble.history_rows if ensemble is not None else 0) + 1
         candles = live.recent_candles(self.store, config, rows)
-        self._close_bars(candles, newest)
-        decisions, signal_ids = Decisions(), {}
+        self._close_bars(candles, spans)  # exits first: the journal alone, it cannot fail on the venue
+        try:
+            self._decide_and_trade(report, ensemble, str(version), candles, newest)
+        except QTError as err:
+            report.errors.append(f"bar {newest}: no new positions ({err})")
+        self._reconcile(report)
+        self.last_bar = newest
+        return report
+
+    def _decide_and_trade(
+        self, report: live.TickReport, ensemble: Any, version: str, candles: dict[str, pd.DataFrame],
+        newest: pd.Timestamp,
+    ) -> None:  # fmt: skip
+        """Book, prediction, the strategy's decisions, execution, journal (no model: exits only)."""
+        config = self.config
         cash = float(self.broker.balance().get(self.settings.quote_asset, Decimal(0)))
         book = live.book_of(self.journal, config, candles, cash, self.start_equity, newest)
         live.snapshot_equity(self.journal, newest, book.equity, cash)
+        decisions, signal_ids = Decisions(), {}
         if ensemble is not None:
-            try:
-                features = live.latest_features(candles, config)
-                predictions = live.predict(ensemble, features, newest)
-                merged = predictions.merge(
-                    features[["symbol", "open_time", "atr_pct", "regime"]], on=["symbol", "open_time"]
-                )
-                merged = merged.merge(self._closes(candles, newest), on="symbol")
-                digests = {
-                    s: live.features_hash(features[features["symbol"] == s].tail(1)) for s in merged["symbol"]
-                }
-                signal_ids = live.journal_signals(
-                    self.journal, predictions, str(version), config.interval, digests
-                )
-                report.signals = len(predictions)
-                cost = float(ensemble.costs.per_side())
-                signals = signals_at(merged, ensemble.abs_return, cost)
-                decisions = config.strategy_for(ensemble).decide(
-                    book, signals, config.step, self.rules.quantity, self.rules.price
-                )
-                self._shadow(features, newest, digests)
-            except QTError as err:
-                report.errors.append(f"prediction failed, no new positions: {err}")
+            features = live.latest_features(candles, config)
+            predictions = live.predict(ensemble, features, newest)
+            context = features[["symbol", "open_time", "atr_pct", "regime"]]
+            merged = predictions.merge(context, on=["symbol", "open_time"])
+            merged = merged.merge(self._closes(candles, newest), on="symbol")
+            digests = {
+                s: live.features_hash(features[features["symbol"] == s].tail(1)) for s in merged["symbol"]
+            }
+            signal_ids = live.journal_signals(self.journal, predictions, version, config.interval, digests)
+            report.signals = len(predictions)
+            signals = signals_at(merged, ensemble.abs_return, float(ensemble.costs.per_side()))
+            grid = self.rules
+            decisions = config.strategy_for(ensemble).decide(
+                book, signals, config.step, grid.quantity, grid.price
+            )
+            self._shadow(features, newest, digests)
         self._set_prices(newest + config.step)
         report.orders, errors = live.execute(self.broker, decisions, newest, self.price_of)
         report.errors += errors
         report.vetoes = len(decisions.vetoes)
-        live.journal_decisions(self.journal, decisions, newest, signal_ids, str(version))
-        self._tag_positions(str(version))
-        self._reconcile(report)
-        self.last_bar = newest
-        return report
+        live.journal_decisions(self.journal, decisions, newest, signal_ids, version)
+        self._tag_positions(version)
 
     def run(
         self, ticks: int | None, pause: Callable[[], None], on_tick: Callable[[live.TickReport], None]
@@ -160,29 +168,45 @@ class LiveLoop:
         return summary
 
     # -- the pieces ---------------------------------------------------------------------------
-    def _newest_bar(self) -> pd.Timestamp | None:
-        """The newest closed bar every tradable symbol has (a symbol behind the others waits)."""
-        newest = [
-            self.store.time_range(s, self.config.interval, self.config.market) for s in self.config.symbols
-        ]
-        known = [span[1] for span in newest if span is not None]
-        return min(known) if known else None
+    def _newest_per_symbol(self) -> dict[str, pd.Timestamp]:
+        """Each tradable symbol's newest stored (closed) bar."""
+        config = self.config
+        spans = {s: self.store.time_range(s, config.interval, config.market) for s in config.symbols}
+        return {s: span[1] for s, span in spans.items() if span is not None}
 
-    def _close_bars(self, candles: dict[str, pd.DataFrame], newest: pd.Timestamp) -> None:
-        """The paper broker sees every bar that closed since the last tick: its exits trigger."""
+    def _stale(self, newest: dict[str, pd.Timestamp]) -> list[str]:
+        """Symbols with no new closed candle for 3 intervals (they get no new positions)."""
+        try:
+            now = pd.Timestamp(self.source.server_time_ms(), unit="ms", tz="UTC")
+        except QTError as err:
+            return [f"venue clock unreachable: {err}"]
+        step = self.config.step
+        return [
+            f"{symbol}: stale feed, no closed candle since {bar + step} (3 intervals or more)"
+            for symbol, bar in newest.items()
+            if now - (bar + step) >= 3 * step
+        ]
+
+    def _close_bars(self, candles: dict[str, pd.DataFrame], newest: dict[str, pd.Timestamp]) -> None:
+        """The paper broker sees every bar that closed since it last looked: its exits trigger."""
         on_bar = getattr(self.broker, "on_bar", None)
         if on_bar is None:
             return  # a real venue triggers its own exits
-        for symbol in self.config.symbols:
+        for symbol, last in newest.items():
             frame = candles.get(symbol)
             if frame is None:
                 continue
-            first = self.last_bar if self.last_bar is not None else newest - self.config.step  # a fresh start
-            closed = frame[(frame.index <= newest) & (frame.index > first)]
+            seen = self.seen.get(symbol, last - self.config.step)  # a fresh start: this bar only
+            closed = frame[(frame.index <= last) & (frame.index > seen)]
             prices = closed[["open", "high", "low", "close"]].to_numpy(dtype=float)
             for when, (o, h, low, c) in zip(closed.index, prices, strict=True):
-                bar = Bar(float(o), float(h), float(low), float(c))
-                on_bar(symbol, pd.Timestamp(when), bar, self.config.step)
+                on_bar(
+                    symbol,
+                    pd.Timestamp(when),
+                    Bar(float(o), float(h), float(low), float(c)),
+                    self.config.step,
+                )
+            self.seen[symbol] = max(last, seen)
 
     def _closes(self, candles: dict[str, pd.DataFrame], newest: pd.Timestamp) -> pd.DataFrame:
         rows = [(s, float(c["close"].loc[newest])) for s, c in candles.items() if newest in c.index]

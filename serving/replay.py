@@ -13,7 +13,7 @@ newest candle the same way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ def replay(
     speed: float = 0.0,
     candles: dict[str, pd.DataFrame] | None = None,
     on_tick: Callable[[TickReport], None] = lambda _: None,
+    chaos: Mapping[int, Callable[[Any], None]] | None = None,
 ) -> tuple[Summary, Settings]:
     """Replay the bars from ``start`` to ``end`` (default: the newest) through the live loop.
 
@@ -64,6 +65,7 @@ def replay(
             0 replays as fast as the loop runs.
         candles: symbol → store frame to play (default: the home's store).
         on_tick: told each tick's report.
+        chaos: tick number (0-based) → what to do to the local exchange before it (inject faults).
 
     Returns:
         The summary and the replay home's settings (its journal holds the session).
@@ -84,7 +86,7 @@ def replay(
     history = CandleStore(target.store_dir)
     for symbol, frame in frames.items():
         before = frame[frame.index < start]
-        if candles is None and len(before):
+        if len(before):
             history.upsert(symbol, config.interval, config.market, before)
     exchange = FakeExchange(
         now_ms=_ms(timeline[0]), taker_bps=settings.taker_fee_bps, maker_bps=settings.maker_fee_bps,
@@ -106,10 +108,12 @@ def replay(
             session.add(db.Event(kind="replay", detail=detail))
         venue = open_broker(target, journal, broker, config.market, client=client)
         source = BinanceKlineSource(target, config.market, client=client)
-        price_of = _price_of(client, config.market)
-        loop = LiveLoop(target, config, venue, journal, source, price_of, settings.paper_cash)
+        prices = price_of(client, config.market)
+        loop = LiveLoop(target, config, venue, journal, source, prices, settings.paper_cash)
         summary = Summary()
-        for bar in timeline:
+        for number, bar in enumerate(timeline):
+            if chaos and number in chaos:
+                chaos[number](exchange)
             started = time.perf_counter()
             exchange.now_ms = _ms(bar + step)  # bar has closed; the next one is forming
             report = loop.tick()
@@ -160,11 +164,15 @@ def _symbols(store: CandleStore, config: LiveConfig) -> list[str]:
     return list(dict.fromkeys([*config.symbols, *([cross] if cross in stored else [])]))
 
 
-def _price_of(client: Any, market: str) -> Callable[[str], Decimal]:
+def price_of(client: Any, market: str) -> Callable[[str], Decimal]:
+    """The venue's last price of a symbol (errors as ours: retryable, or refused naming the code)."""
+    from serving.brokers.binance_venue import FuturesVenue
+
     ticker = client.futures_symbol_ticker if market == "futures" else client.get_symbol_ticker
+    venue = FuturesVenue(client, 1, lambda _: None)
 
     def price(symbol: str) -> Decimal:
-        return Decimal(str(ticker(symbol=symbol)["price"]))
+        return Decimal(str(venue.call(ticker, symbol=symbol)["price"]))
 
     return price
 

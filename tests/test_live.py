@@ -172,3 +172,56 @@ def test_qt_live_bad_input_is_exit_2(trained: tuple[Settings, Ensemble]) -> None
         done = qt("live", *args, "--json", home=settings.home)
         assert done.returncode == 2, (args, done.stdout, done.stderr[-500:])
         assert says in json.loads(done.stdout)["error"], args
+
+
+def test_exchange_down_for_several_ticks_fails_closed_then_catches_up(
+    trained: tuple[Settings, Ensemble],
+) -> None:
+    """Every request fails for 3 ticks: no new positions meanwhile, then the missed bars are caught up."""
+    from infra.exchange import Fault
+
+    settings, _ = trained
+    quick = settings.model_copy(update={"http_max_retries": 0})
+    chaos = {2: lambda ex: ex.inject(Fault("500", "*", times=10**6)), 5: lambda ex: ex.clear_faults()}
+    reports: list[TickReport] = []
+    summary, home = replay(
+        quick, _eager(), "paper", UNTIL, UNTIL + 7 * HOUR, on_tick=reports.append, chaos=chaos
+    )
+    assert summary.ticks == 8 and summary.unprotected_positions == 0
+    assert all(r.errors and r.orders == 0 and r.bar_time is None for r in reports[2:5])
+    assert reports[5].bar_time == UNTIL + 5 * HOUR  # 3 missed candles fetched at once; the newest decided
+    assert reports[7].bar_time == UNTIL + 7 * HOUR and reports[7].errors == []
+    decided = Journal.open(home).read(lambda s: sorted({x.time for x in s.query(db.Signal)}))
+    assert len(decided) == 5  # the bars of the outage got no decision (fail closed), the rest did
+
+
+def test_a_stale_feed_is_reported_and_gets_no_new_positions(trained: tuple[Settings, Ensemble]) -> None:
+    settings, _ = trained
+    store = CandleStore(settings.store_dir)
+    frames = {s: store.read(s, "1h", "spot") for s in SYMBOLS}
+    frames["SOLUSDT"] = frames["SOLUSDT"][frames["SOLUSDT"].index <= UNTIL + HOUR]  # SOL stops after 01:00
+    reports: list[TickReport] = []
+    replay(settings, _eager(), "paper", UNTIL, UNTIL + 5 * HOUR, candles=frames, on_tick=reports.append)
+    assert not any("SOLUSDT: stale" in e for r in reports[:4] for e in r.errors)
+    assert any("SOLUSDT: stale feed" in e for e in reports[5].errors)
+    assert all(r.bar_time is not None for r in reports)  # the others keep trading
+
+
+def test_a_broken_model_artifact_means_no_new_positions(trained: tuple[Settings, Ensemble]) -> None:
+    import shutil
+
+    import mlflow
+
+    settings, ensemble = trained
+    version = register(
+        settings, ensemble, features_from_store(CandleStore(settings.store_dir), ["BTCUSDT"], "1h").tail(2)
+    )
+    where = mlflow.MlflowClient().get_model_version_download_uri("quantum-trader-1h", version)
+    shutil.rmtree(where.removeprefix("file://"))
+    set_alias(settings, "1h", "champion", version)
+    try:
+        summary, home = replay(settings, _eager(), "paper", UNTIL, UNTIL + HOUR)
+    finally:
+        set_alias(settings, "1h", "champion", "1")
+    assert summary.orders == 0 and any("cannot be loaded" in e for e in summary.errors)
+    assert Journal.open(home).open_positions() == []

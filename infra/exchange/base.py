@@ -181,6 +181,11 @@ class _ExchangeBase:
         with self._lock:
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Drop every queued fault (the venue is back)."""
+        with self._lock:
+            self._faults.clear()
+
     # ----- orders: common ---------------------------------------------------------------------
     def _symbol(self, market: str, params: dict[str, str]) -> str:
         symbol = _need(params, "symbol").upper()
