@@ -90,12 +90,12 @@ def deploy(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register (and serve) the deployments: daily retrain at 00:00 UTC, triggered retrain.
+    """Register (and serve) the deployments: daily retrain, triggered retrain, live tick a minute.
 
     Needs a Prefect server: the one qt ui keeps up for this home (found by itself), or
-    PREFECT_API_URL. The
-    triggered retrain has no schedule; the live side or a supervisor starts it
-    (flows.deploy.request_retrain). The live flow's deployment joins when it lands.
+    PREFECT_API_URL. The triggered retrain has no schedule; the live side or a supervisor
+    starts it (flows.deploy.request_retrain). live/every-minute trades the champion on the
+    paper broker, one tick at a time, never beside a retrain's registry writes.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:

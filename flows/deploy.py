@@ -1,10 +1,12 @@
-"""Prefect deployments of the training flow: a daily retrain and a triggered one.
+"""Prefect deployments: a daily retrain, a triggered one, and the every-minute live tick.
 
 ``daily-retrain`` runs at 00:00 UTC. ``triggered-retrain`` has no schedule: the live side
 or a model supervisor starts it (:func:`request_retrain`) when live win rate or
 calibration degrade, or after N new candles, passing the reason and any parameter
-overrides. Both run one at a time (concurrency limit 1) and point at the same home.
-The live flow's every-minute deployment joins them when the live flow lands.
+overrides. ``live/every-minute`` runs one live tick a minute (paper broker by default).
+Each runs one at a time (concurrency limit 1) and points at the same home; the live tick
+takes the home's global concurrency limit (:data:`flows.live.HOME_LIMIT`, 1 slot), which
+:func:`apply_deployments` creates, so it never runs beside a retrain's registry writes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ DAILY_CRON = "0 0 * * *"
 FLOW_NAME = "training"
 DAILY = "daily-retrain"
 TRIGGERED = "triggered-retrain"
+LIVE = "every-minute"
+LIVE_CRON = "* * * * *"
 
 
 def check_api(url: str, timeout_s: float = 5.0) -> None:
@@ -70,7 +74,18 @@ def deployments(settings: Settings, source: str = "store") -> list[Any]:
         ),
         **common,
     )
-    return [daily, triggered]
+    from flows.live import live_flow
+
+    live = live_flow.to_deployment(
+        name=LIVE,
+        schedules=[Cron(LIVE_CRON, timezone="UTC")],
+        description="One live tick a minute: the champion, new candles, the strategy, the paper broker.",
+        parameters={"home": str(settings.home), "broker": "paper", "market": settings.default_market},
+        concurrency_limit=1,
+        tags=["quantum-trader", "live"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [daily, triggered, live]
 
 
 def apply_deployments(settings: Settings, source: str = "store") -> list[dict[str, Any]]:
@@ -82,13 +97,21 @@ def apply_deployments(settings: Settings, source: str = "store") -> list[dict[st
         deployment.apply()
 
     async def read() -> list[dict[str, Any]]:
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+        from flows.live import HOME_LIMIT
+
         async with get_client() as client:
+            names = [name.name for name in await client.read_global_concurrency_limits()]
+            if HOME_LIMIT not in names:
+                limit = GlobalConcurrencyLimitCreate(name=HOME_LIMIT, limit=1)
+                await client.create_global_concurrency_limit(limit)
             out = []
-            for name in (DAILY, TRIGGERED):
-                found = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+            for flow_name, name in ((FLOW_NAME, DAILY), (FLOW_NAME, TRIGGERED), ("live", LIVE)):
+                found = await client.read_deployment_by_name(f"{flow_name}/{name}")
                 out.append(
                     {
-                        "name": f"{FLOW_NAME}/{name}",
+                        "name": f"{flow_name}/{name}",
                         "id": str(found.id),
                         "schedules": [_schedule(s.schedule) for s in found.schedules],
                         "parameters": found.parameters,

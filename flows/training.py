@@ -153,6 +153,15 @@ def evaluate_task(oof: pd.DataFrame, matrix: pd.DataFrame, step: pd.Timedelta, c
     return evaluate(oof, matrix, step, costs)
 
 
+def home_lock() -> Any:
+    """The home's global concurrency slot (shared with the live tick; a no-op without a server limit)."""
+    from prefect.concurrency.sync import concurrency
+
+    from flows.live import HOME_LIMIT
+
+    return concurrency(HOME_LIMIT, occupy=1, strict=False)
+
+
 @task(name="register-challenger", cache_policy=NO_CACHE)
 def register_task(
     settings: Settings,
@@ -189,8 +198,9 @@ def register_task(
         "symbols": ",".join(sorted(str(s) for s in matrix["symbol"].unique())),
         "training_run_id": run_id,
     }
-    version = register(settings, ensemble, example, run_id=run_id, tags=tags)
-    set_alias(settings, ensemble.interval, "challenger", version, market=ensemble.market)
+    with home_lock():  # a live tick reads the aliases: not while they change
+        version = register(settings, ensemble, example, run_id=run_id, tags=tags)
+        set_alias(settings, ensemble.interval, "challenger", version, market=ensemble.market)
     return run_id, version
 
 
@@ -227,10 +237,11 @@ def promote_task(
     from tasks.tracking import log_decision
 
     decision = decide(shared, shadow_report, shadow_table, matrix, step, costs, gate, champion).to_json()
-    if decision["promoted"]:
-        registry.promote(settings, interval, version, "gate", decision["reason"], market=market)
-    else:
-        registry.record_rejection(settings, interval, version, decision["reason"], market=market)
+    with home_lock():
+        if decision["promoted"]:
+            registry.promote(settings, interval, version, "gate", decision["reason"], market=market)
+        else:
+            registry.record_rejection(settings, interval, version, decision["reason"], market=market)
     log_decision(settings, run_id, version, shadow_report, decision, shadow_table)
     tags = {
         "gate.decision": "promoted" if decision["promoted"] else "rejected",

@@ -34,6 +34,10 @@ def test_deployments_daily_and_triggered_are_in_the_prefect_api(
         assert d["parameters"] == {"home": str(settings.home), "source": "store"}
         assert d["concurrency_limit"] == 1
 
+    live = found["live/every-minute"]
+    assert [(s["cron"], s["timezone"]) for s in live["schedules"]] == [("* * * * *", "UTC")]
+    assert live["concurrency_limit"] == 1 and live["parameters"]["broker"] == "paper"
+
     run_id = request_retrain("live win rate below 45 %", {"models": ["xgb"]})
 
     async def read() -> tuple[str, list[str], dict[str, object]]:
@@ -80,7 +84,7 @@ def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> 
         )  # fmt: skip
         assert deploy.returncode == 0, deploy.stderr[-3000:]
         names = {d["name"] for d in json.loads(deploy.stdout)["deployments"]}
-        assert names == {"training/daily-retrain", "training/triggered-retrain"}
+        assert names == {"training/daily-retrain", "training/triggered-retrain", "live/every-minute"}
         request = urllib.request.Request(
             f"{urls['prefect_api']}/deployments/filter",
             data=b"{}",

@@ -225,3 +225,21 @@ def test_a_broken_model_artifact_means_no_new_positions(trained: tuple[Settings,
         set_alias(settings, "1h", "champion", "1")
     assert summary.orders == 0 and any("cannot be loaded" in e for e in summary.errors)
     assert Journal.open(home).open_positions() == []
+
+
+def test_the_live_flow_is_one_tick_as_a_prefect_flow_run(
+    trained: tuple[Settings, Ensemble], prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployment's flow against the local exchange: the newest stored bar decided by the champion."""
+    from flows.live import live_flow
+
+    settings, _ = trained
+    store = CandleStore(settings.store_dir)
+    newest = max(span[1] for s in SYMBOLS if (span := store.time_range(s, "1h", "spot")) is not None)
+    with FakeExchange(now_ms=int((newest + HOUR).value // 1_000_000)) as exchange:
+        for symbol in SYMBOLS:
+            exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
+        monkeypatch.setenv("QT_BINANCE_SPOT_URL", exchange.spot_url)
+        done = live_flow(home=str(settings.home), broker="paper", market="spot")
+    assert done["model_version"] == "1" and pd.Timestamp(done["bar_time"]) == newest
+    assert done["signals"] == 3 and done["unprotected_positions"] == 0, done["errors"]
