@@ -93,7 +93,8 @@ def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> 
         with urllib.request.urlopen(request, timeout=10) as reply:
             listed = json.loads(reply.read())
         crons = {d["name"]: [s["schedule"].get("cron") for s in d["schedules"]] for d in listed}
-        assert crons == {"daily-retrain": ["0 0 * * *"], "triggered-retrain": []}
+        expected = {"daily-retrain": ["0 0 * * *"], "triggered-retrain": [], "every-minute": ["* * * * *"]}
+        assert crons == expected
     finally:
         ui.send_signal(signal.SIGTERM)
         code = ui.wait(timeout=60)
