@@ -328,11 +328,12 @@ def evaluate(
 
 @app.command()
 def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """The main job on the bundled sample: ingest (validated) → retrain (fast) → gate.
+    """The main job on the bundled sample: ingest (validated) → retrain (fast) → gate → a replay.
 
     The whole training flow of qt retrain on the five bundled pairs, ending in a recorded
-    promotion decision; then how to look at it (qt ui). The replayed live session joins
-    this command when the live flow lands.
+    promotion decision, then the champion traded by the live loop (paper broker, local
+    exchange) over the newest 12 stored hours, journalled under <home>/replays/. Those
+    hours are inside the training window: the replay shows the loop, not performance.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
@@ -361,7 +362,29 @@ def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = Fals
             f"momentum fallback {m['momentum_fallback_sharpe']:.2f}) on the same rows",
             highlight=False,
         )
-        doc = {**doc, "home": str(settings.home)}
+        doc = {**doc, "home": str(settings.home), "replay": _demo_replay(settings, not as_json)}
         return doc, table("Walk-forward, out of fold", ["model", "AUC", "log loss"], rows)
 
     run(home, as_json, command)
+
+
+def _demo_replay(settings: Settings, show: bool) -> dict[str, Any] | None:
+    """The champion through the live loop over the newest 12 stored hours (None: no champion)."""
+    from cli.live import _after_store, _config, _document, _status
+    from model_registry.registry import alias_version
+    from serving.replay import replay
+
+    if alias_version(settings, settings.default_interval, "champion") is None:
+        stderr.print("no champion: no replay", highlight=False)
+        return None
+    config = _config(settings, None, "spot", None)
+    start = _after_store(settings, config) - 12 * config.step
+    summary, target = replay(settings, config, "paper", start, None, 0.0, None, _status(not show))
+    document = _document(summary, target, "paper", "spot", replay=str(target.home))
+    stderr.print(
+        f"replayed {document['ticks']} hours with champion v{document['model_version']}: "
+        f"{document['orders']} orders, {document['open_positions']} open, "
+        f"{document['unprotected_positions']} unprotected; journal in {target.home}",
+        highlight=False,
+    )
+    return document

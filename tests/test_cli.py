@@ -107,6 +107,12 @@ def test_demo_ingests_the_sample_retrains_and_reaches_a_decision(tmp_path: Path)
     assert doc["challenger_version"] == "1" and isinstance(doc["promoted"], bool) and doc["reason"]
     assert set(doc["metrics"]["per_model"]) == {"xgb", "lgbm"}
     assert doc["data"]["end"].startswith("2025-06-14 22:00")  # the sample's newest labelled bar
+    replayed = doc["replay"]  # the champion through the live loop over the newest 12 hours
+    if doc["promoted"]:
+        assert replayed["ticks"] == 12 and replayed["model_version"] == "1"
+        assert replayed["unprotected_positions"] == 0 and replayed["signals"] == 12 * 5
+    else:
+        assert replayed is None
 
 
 def test_invalid_settings_and_paths_are_bad_input_with_one_json_document(tmp_path: Path) -> None:
