@@ -84,6 +84,7 @@ class TickReport:
     vetoes: int = 0
     unprotected_positions: int = 0
     errors: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # phase → seconds
 
 
 class ModelCache:

@@ -45,6 +45,7 @@ class Summary:
     unprotected_positions: int = 0
     errors: list[str] = field(default_factory=list)
     tick_seconds: list[float] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)
 
     def add(self, report: live.TickReport, seconds: float) -> None:
         """Count one tick in."""
@@ -56,6 +57,13 @@ class Summary:
         self.unprotected_positions = report.unprotected_positions
         self.errors += [f"{report.bar_time}: {e}" for e in report.errors]
         self.tick_seconds.append(seconds)
+        self.phases.append(dict(report.seconds))
+
+    def phase_means(self) -> dict[str, float]:
+        """Mean seconds per phase over the ticks after the first (which loads the model)."""
+        later = self.phases[1:] or self.phases
+        names = {name for phases in later for name in phases}
+        return {name: sum(p.get(name, 0.0) for p in later) / len(later) for name in sorted(names)}
 
 
 class LiveLoop:
@@ -94,32 +102,38 @@ class LiveLoop:
     def tick(self) -> live.TickReport:
         """One tick: model, candles, exits, prediction, decision, execution, reconcile, journal."""
         config, report = self.config, live.TickReport()
+        clock = _Phases(report.seconds)
         ensemble, version, problem = self.models.current("champion")
         report.model_version = version
         report.errors += [problem] if problem else []
+        clock.lap("model")
         failed = live.update_candles(self.settings, self.source, config)
         report.errors += [f"{symbol}: {error}" for symbol, error in failed.items()]
         spans = self._newest_per_symbol()
         report.errors += self._stale(spans)
+        clock.lap("candles")
         newest = max(spans.values()) if spans else None
         if newest is None or (self.last_bar is not None and newest <= self.last_bar):
             self._reconcile(report)
+            clock.lap("reconcile")
             return report
         report.bar_time = newest
         rows = FeatureSpec().min_history + (ensemble.history_rows if ensemble is not None else 0) + 1
         candles = live.recent_candles(self.store, config, rows)
         self._close_bars(candles, spans)  # exits first: the journal alone, it cannot fail on the venue
+        clock.lap("exits")
         try:
-            self._decide_and_trade(report, ensemble, str(version), candles, newest)
+            self._decide_and_trade(report, ensemble, str(version), candles, newest, clock)
         except QTError as err:
             report.errors.append(f"bar {newest}: no new positions ({err})")
         self._reconcile(report)
+        clock.lap("reconcile")
         self.last_bar = newest
         return report
 
     def _decide_and_trade(
         self, report: live.TickReport, ensemble: Any, version: str, candles: dict[str, pd.DataFrame],
-        newest: pd.Timestamp,
+        newest: pd.Timestamp, clock: _Phases,
     ) -> None:  # fmt: skip
         """Book, prediction, the strategy's decisions, execution, journal (no model: exits only)."""
         config = self.config
@@ -144,12 +158,14 @@ class LiveLoop:
                 book, signals, config.step, grid.quantity, grid.price
             )
             self._shadow(features, newest, digests)
+        clock.lap("predict")
         self._set_prices(newest + config.step)
         report.orders, errors = live.execute(self.broker, decisions, newest, self.price_of)
         report.errors += errors
         report.vetoes = len(decisions.vetoes)
         live.journal_decisions(self.journal, decisions, newest, signal_ids, version)
         self._tag_positions(version)
+        clock.lap("execute")
 
     def run(
         self, ticks: int | None, pause: Callable[[], None], on_tick: Callable[[live.TickReport], None]
@@ -256,3 +272,15 @@ class LiveLoop:
         query = select(func.max(db.Signal.time)).where(db.Signal.model_version.not_like("% (challenger)"))
         newest = self.journal.read(lambda s: s.scalar(query))
         return pd.Timestamp(newest) if newest is not None else None
+
+
+class _Phases:
+    """Seconds per phase of a tick, written into the report as they pass."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.mark = into, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.mark
+        self.mark = now
