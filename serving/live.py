@@ -116,15 +116,29 @@ class ModelCache:
 
 
 def update_candles(settings: Settings, source: Any, config: LiveConfig) -> dict[str, str]:
-    """Fetch the universe's new closed candles into the store; symbol → error for those that failed."""
-    from tasks.ingest import ingest_binance
+    """Fetch the universe's new closed candles, validate them in one GX run, store them.
 
-    errors = {}
+    Returns symbol → error for those that could not be fetched or failed validation
+    (quarantined, nothing stored).
+    """
+    from tasks.ingest import fetch_binance, store_batches
+
+    errors, batches = {}, []
     for symbol in config.symbols:
         try:
-            ingest_binance(symbol, config.interval, config.market, None, None, settings, source)
+            batches.append(
+                fetch_binance(symbol, config.interval, config.market, None, None, settings, source)
+            )
         except QTError as err:
             errors[symbol] = str(err)
+    batches = [b for b in batches if not b.raw.empty]  # nothing new: nothing to validate
+    try:
+        stored = store_batches(batches, settings)
+    except QTError as err:  # a conflict with stored candles: the venue rewrote history
+        return errors | {b.symbol: str(err) for b in batches}
+    for batch, done in zip(batches, stored, strict=True):
+        if isinstance(done, Exception):
+            errors[batch.symbol] = str(done)
     return errors
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -212,7 +213,68 @@ def validate_batch(
     return frame, report
 
 
-def _run(batch_def: Any, suite: Any, frame: pd.DataFrame) -> list[Failure]:
+#: Added to each batch's open times when several are validated as one frame: keeps each
+#: batch's own order and uniqueness, and no two batches' times can meet (10^15 ms ≈ 31,700 years).
+_BATCH_OFFSET_MS = 10**15
+
+
+def validate_batches(
+    batches: Sequence[tuple[CandleBatch, pd.Series | None]],
+) -> list[tuple[pd.DataFrame, ValidationReport]]:
+    """Validate several batches (the live tick's new candles, one batch per symbol) in one GX run.
+
+    The value suite runs once over the batches stacked, each batch's open times shifted by
+    its own offset, so an expectation that holds on the stack holds on every batch (each is
+    row-wise, or per column with order and uniqueness kept within a batch); the stack is
+    only formed when every required column is there, which is all the schema suite checks.
+    When the stack fails, or the batches differ in interval or columns, each batch is
+    validated on its own, so a failure is reported exactly as :func:`validate_batch` does.
+
+    Args:
+        batches: each batch with its stored closes around it (for plausibility).
+    """
+    if len(batches) < 2:
+        return [validate_batch(batch, closes) for batch, closes in batches]
+    frames = [prepare(batch, closes) for batch, closes in batches]
+    alike = len({b.interval for b, _ in batches}) == 1 and len({tuple(f.columns) for f in frames}) == 1
+    complete = all(
+        col in frames[0] for col in REQUIRED_COLUMNS
+    )  # else the schema suite names what is missing
+    if alike and complete and all(pd.api.types.is_integer_dtype(f["open_time"]) for f in frames):
+        shifted = [f.assign(open_time=f["open_time"] + i * _BATCH_OFFSET_MS) for i, f in enumerate(frames)]
+        stacked = pd.concat(shifted, ignore_index=True)
+        with _gx_lock:
+            batch_def, _, values = _suites(interval_ms(batches[0][0].interval))
+            failures = _run(batch_def, values, stacked, rows=False)  # the columns are there: checked above
+        if not failures:
+            return [
+                (frame, ValidationReport(batch.label, batch.source, len(frame), ()))
+                for (batch, _), frame in zip(batches, frames, strict=True)
+            ]
+    return [validate_batch(batch, closes) for batch, closes in batches]
+    frames = [prepare(batch, closes) for batch, closes in batches]
+    alike = len({b.interval for b, _ in batches}) == 1 and len({tuple(f.columns) for f in frames}) == 1
+    if alike and all(pd.api.types.is_integer_dtype(f["open_time"]) for f in frames if "open_time" in f):
+        stacked = pd.concat(
+            [f.assign(open_time=f["open_time"] + i * _BATCH_OFFSET_MS) if "open_time" in f else f
+             for i, f in enumerate(frames)],
+            ignore_index=True,
+        )  # fmt: skip
+        with _gx_lock:
+            batch_def, schema, values = _suites(interval_ms(batches[0][0].interval))
+            failures = _run(batch_def, schema, stacked, rows=False) or _run(
+                batch_def, values, stacked, rows=False
+            )
+        if not failures:
+            return [
+                (frame, ValidationReport(batch.label, batch.source, len(frame), ()))
+                for (batch, _), frame in zip(batches, frames, strict=True)
+            ]
+    return [validate_batch(batch, closes) for batch, closes in batches]
+
+
+def _run(batch_def: Any, suite: Any, frame: pd.DataFrame, rows: bool = True) -> list[Failure]:
+    """The suite's failures on ``frame`` (``rows=False``: without naming the rows)."""
     result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
         suite,
         result_format={
@@ -227,15 +289,14 @@ def _run(batch_def: Any, suite: Any, frame: pd.DataFrame) -> list[Failure]:
         kwargs = res.expectation_config.kwargs
         columns = tuple(str(kwargs[k]) for k in ("column", "column_A", "column_B") if k in kwargs)
         detail = res.result or {}
-        rows = tuple(
-            _clean_row(row, frame) for row in detail.get("unexpected_index_list", [])[:_MAX_ROWS_IN_REPORT]
-        )
+        listed = detail.get("unexpected_index_list", [])[:_MAX_ROWS_IN_REPORT] if rows else []
+        named = tuple(_clean_row(row, frame) for row in listed)
         failures.append(
             Failure(
                 expectation=res.expectation_config.type,
                 columns=columns,
                 unexpected_count=int(detail.get("unexpected_count", 0) or 0),
-                rows=rows,
+                rows=named,
             )
         )
     return failures

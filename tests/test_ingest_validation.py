@@ -113,3 +113,34 @@ def test_bad_batch_is_named_quarantined_and_store_untouched(
     assert len(pd.read_csv(folder / "batch.csv")) == len(pd.read_csv(bad_file))
     report = json.loads((folder / "report.json").read_text())
     assert report["dataset"] == "BTCUSDT 1h spot" and report["failures"]
+
+
+def _batch(symbol: str, raw: pd.DataFrame):  # type: ignore[no-untyped-def]
+    from tasks.batch import CandleBatch
+
+    frame = raw.reset_index(drop=True)
+    frame["source_file"], frame["source_row"] = f"{symbol}.csv", range(1, len(frame) + 1)
+    return CandleBatch(symbol, "1h", "spot", "test", frame)
+
+
+def test_batches_validated_together_report_as_each_alone(btc_raw: pd.DataFrame) -> None:
+    """The live tick's one-GX-run path: all good → all pass; one bad → named exactly as alone."""
+    from tasks.validate import validate_batch, validate_batches
+
+    good = [
+        _batch(s, btc_raw.iloc[i * 50 : i * 50 + 30]) for i, s in enumerate(("BTCUSDT", "ETHUSDT", "SOLUSDT"))
+    ]
+    together = validate_batches([(b, None) for b in good])
+    assert all(report.success for _, report in together)
+    for (frame, _), batch in zip(together, good, strict=True):  # the frames are what each would store
+        alone, _ = validate_batch(batch)
+        pd.testing.assert_frame_equal(frame, alone)
+    duplicated = _batch("XRPUSDT", pd.concat([btc_raw.iloc[:4], btc_raw.iloc[[3]], btc_raw.iloc[4:30]]))
+    mixed = validate_batches([(good[0], None), (duplicated, None), (good[1], None)])
+    assert [r.success for _, r in mixed] == [True, False, True]
+    assert mixed[1][1].summary() == validate_batch(duplicated)[1].summary()
+    assert "expect_column_values_to_be_unique [open_time]" in mixed[1][1].summary()
+    missing = _batch("ADAUSDT", btc_raw.iloc[:30].drop(columns=["volume"]))
+    schema = validate_batches([(good[0], None), (missing, None)])
+    assert [r.success for _, r in schema] == [True, False]
+    assert "expect_column_to_exist [volume]" in schema[1][1].summary()

@@ -21,7 +21,7 @@ from tasks.batch import CandleBatch, coerce_numeric
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import combine_files, read_candle_file
 from tasks.store import CandleStore, UpsertResult
-from tasks.validate import NEIGHBOURS, quarantine, validate_batch
+from tasks.validate import NEIGHBOURS, quarantine, validate_batches
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +72,49 @@ def store_batch(batch: CandleBatch, settings: Settings, overwrite: bool = False)
         BadDataError: naming the dataset, source file and rows, and the quarantine folder.
         CandleConflictError: the batch would change stored candles (and not ``overwrite``).
     """
+    done = store_batches([batch], settings, overwrite)[0]
+    if isinstance(done, Exception):
+        raise done
+    return done
+
+
+def store_batches(
+    batches: list[CandleBatch], settings: Settings, overwrite: bool = False
+) -> list[SymbolReport | BadDataError]:
+    """:func:`store_batch` for several batches, validated together in one GX run.
+
+    Returns, per batch, its report, or the error that kept it out of the store (quarantined).
+
+    Raises:
+        CandleConflictError: a batch would change stored candles (and not ``overwrite``).
+    """
     store = CandleStore(settings.store_dir)
-    if batch.raw.empty:
-        log.warning("%s from %s: no candles in the input", batch.label, batch.source)
-        return SymbolReport.from_upsert(batch, store.describe(batch.symbol, batch.interval, batch.market))
-    frame, report = validate_batch(batch, _stored_closes(store, batch))
-    if not report.success:
-        folder = quarantine(batch, report, settings.quarantine_dir)
-        raise BadDataError(
-            f"{batch.label} from {batch.source}: {len(report.failures)} check(s) failed, "
-            f"nothing stored\n{report.summary()}",
-            folder,
+    out: list[SymbolReport | BadDataError | None] = [None] * len(batches)
+    todo = []
+    for i, batch in enumerate(batches):
+        if batch.raw.empty:
+            log.warning("%s from %s: no candles in the input", batch.label, batch.source)
+            out[i] = SymbolReport.from_upsert(
+                batch, store.describe(batch.symbol, batch.interval, batch.market)
+            )
+        else:
+            todo.append(i)
+    checked = validate_batches([(batches[i], _stored_closes(store, batches[i])) for i in todo])
+    for i, (frame, report) in zip(todo, checked, strict=True):
+        batch = batches[i]
+        if not report.success:
+            folder = quarantine(batch, report, settings.quarantine_dir)
+            out[i] = BadDataError(
+                f"{batch.label} from {batch.source}: {len(report.failures)} check(s) failed, "
+                f"nothing stored\n{report.summary()}",
+                folder,
+            )
+            continue
+        result = store.upsert(
+            batch.symbol, batch.interval, batch.market, to_store_frame(frame), overwrite=overwrite
         )
-    result = store.upsert(
-        batch.symbol, batch.interval, batch.market, to_store_frame(frame), overwrite=overwrite
-    )
-    return SymbolReport.from_upsert(batch, result)
+        out[i] = SymbolReport.from_upsert(batch, result)
+    return [done for done in out if done is not None]
 
 
 def _stored_closes(store: CandleStore, batch: CandleBatch) -> pd.Series | None:
@@ -171,7 +198,7 @@ def fetch_ranges(
     return ranges
 
 
-def ingest_binance(
+def fetch_binance(
     symbol: str,
     interval: str,
     market: str,
@@ -179,9 +206,8 @@ def ingest_binance(
     end: pd.Timestamp | None,
     settings: Settings,
     source: BinanceKlineSource | None = None,
-    overwrite: bool = False,
-) -> SymbolReport:
-    """Backfill and/or update one symbol from Binance (closed candles only), then store."""
+) -> CandleBatch:
+    """The closed candles of one symbol the store still lacks (backfill and/or update), unvalidated."""
     source = source or BinanceKlineSource(settings, market)
     store = CandleStore(settings.store_dir)
     key = f"{symbol} {interval}"
@@ -194,4 +220,19 @@ def ingest_binance(
     raw = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     if pieces:
         raw["source_row"] = range(1, len(raw) + 1)
-    return store_batch(CandleBatch(symbol, interval, market, f"binance {market}", raw), settings, overwrite)
+    return CandleBatch(symbol, interval, market, f"binance {market}", raw)
+
+
+def ingest_binance(
+    symbol: str,
+    interval: str,
+    market: str,
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    settings: Settings,
+    source: BinanceKlineSource | None = None,
+    overwrite: bool = False,
+) -> SymbolReport:
+    """Backfill and/or update one symbol from Binance (closed candles only), then store."""
+    batch = fetch_binance(symbol, interval, market, start, end, settings, source)
+    return store_batch(batch, settings, overwrite)
