@@ -29,7 +29,7 @@ from rich.table import Table  # noqa: E402
 from bench import write_results  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "binance"
-HISTORY = 1500  # candles per symbol in the store before the replay (features need ~300)
+HISTORY = 3000  # candles per symbol in the store before the replay (training needs ~70 days)
 PHASES = ("model", "candles", "exits", "predict", "execute", "reconcile")
 
 

@@ -36,14 +36,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.settings import configure_environment, load_settings
-    from infra.exchange import FakeExchange
     from model_registry.ensemble import fit_ensemble
     from model_registry.registry import register, set_alias
-    from serving.brokers.factory import venue_rules
     from serving.journal import Journal, report
     from serving.journal import models as db
     from serving.live import LiveConfig
-    from serving.replay import replay
+    from serving.replay import backtest_of, replay
     from tasks.backtest import Costs
     from tasks.features.dataset import features_from_store
     from tasks.ingest import ingest_files
@@ -52,7 +50,6 @@ def main() -> None:
     from tasks.store import CandleStore
     from tasks.strategy.engine import Strategy
     from tasks.strategy.policy import Policy
-    from tasks.strategy.simulate import Venue, simulate
     from tasks.walkforward import WalkForward, walk_forward
 
     hour = pd.Timedelta(hours=1)
@@ -77,27 +74,13 @@ def main() -> None:
 
         strategy = Strategy(policy=Policy(enter=0.0, exit=0.0, allow_short=False))
         began = time.perf_counter()
-        summary, home = replay(settings, LiveConfig(symbols, "1h", "spot", strategy, model_policy=False),
-                               "paper", start, end)  # fmt: skip
+        config = LiveConfig(symbols, "1h", "spot", strategy, model_policy=False)
+        summary, home = replay(settings, config, "paper", start, end)
         replay_s = time.perf_counter() - began
         journal = Journal.open(home)
 
-        rows = features_from_store(store, list(symbols), "1h", include_unlabeled=True)
-        rows = rows[(rows["open_time"] >= start) & (rows["open_time"] <= end + hour)].copy()
-        rows["p_up"] = ensemble.predict_rows(rows)["p_stacker"].to_numpy()
-        candles = pd.concat([store.read(s, "1h", "spot").assign(symbol=s).reset_index() for s in symbols])
-        rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
-            candles[["symbol", "open_time", "open", "high", "low", "close"]], on=["symbol", "open_time"]
-        )
-        with FakeExchange(now_ms=int(start.value // 1_000_000)) as exchange:
-            for symbol in symbols:
-                exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
-            rules = venue_rules(settings, "spot", exchange.client())
-        venue = Venue(settings.taker_fee_bps, settings.slippage_bps, 0.0, settings.paper_cash)
         began = time.perf_counter()
-        body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + hour]
-        cost = float(ensemble.costs.per_side())
-        sim = simulate(body, strategy, hour, venue, ensemble.abs_return, cost, rules, then=then)
+        sim = backtest_of(settings, ensemble, config, start, end)
         backtest_s = time.perf_counter() - began
 
         live_trades = report.trades(journal)

@@ -179,3 +179,40 @@ def price_of(client: Any, market: str) -> Callable[[str], Decimal]:
 
 def _ms(when: pd.Timestamp) -> int:
     return int(when.value // 1_000_000)
+
+
+def backtest_of(
+    settings: Settings, ensemble: Any, config: LiveConfig, start: pd.Timestamp, end: pd.Timestamp
+) -> Any:
+    """The backtest with exits of what a replay from ``start`` to ``end`` traded (same candles and model).
+
+    P(up) comes from the ensemble on the store's feature rows, the venue's filters from the
+    local exchange (as the replay's paper broker had them), the costs from the settings. The
+    bar after ``end`` fills what the last close decided, as the replay's last tick did.
+    Returns a :class:`~tasks.strategy.simulate.Simulation`.
+    """
+    from infra.exchange import FakeExchange
+    from serving.brokers.factory import venue_rules
+    from tasks.features.dataset import features_from_store
+    from tasks.strategy.simulate import Venue, simulate
+
+    store = CandleStore(settings.store_dir)
+    symbols = list(config.symbols)
+    rows = features_from_store(store, symbols, config.interval, config.market, include_unlabeled=True)
+    rows = rows[(rows["open_time"] >= start) & (rows["open_time"] <= end + config.step)].copy()
+    rows["p_up"] = ensemble.predict_rows(rows)["p_stacker"].to_numpy()
+    frames = {s: store.read(s, config.interval, config.market) for s in symbols}
+    candles = pd.concat([f.assign(symbol=s).reset_index() for s, f in frames.items()])
+    rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
+        candles[["symbol", "open_time", "open", "high", "low", "close"]], on=["symbol", "open_time"]
+    )
+    with FakeExchange(now_ms=_ms(start)) as exchange:
+        for symbol, frame in frames.items():
+            exchange.add_candles(symbol, config.interval, frame, market=config.market)
+        rules = venue_rules(settings, config.market, exchange.client())
+    funding = settings.funding_rate_8h * 10_000 if config.market == "futures" else 0.0
+    venue = Venue(settings.taker_fee_bps, settings.slippage_bps, funding, settings.paper_cash)
+    body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + config.step]
+    cost = float(ensemble.costs.per_side())
+    return simulate(body, config.strategy_for(ensemble), config.step, venue, ensemble.abs_return, cost, rules,
+                    then=then)  # fmt: skip

@@ -12,11 +12,10 @@ from core.settings import Settings, configure_environment, load_settings
 from infra.exchange import FakeExchange
 from model_registry.ensemble import Ensemble, fit_ensemble
 from model_registry.registry import register, set_alias
-from serving.brokers.factory import venue_rules
 from serving.journal import Journal, report
 from serving.journal import models as db
 from serving.live import LiveConfig, TickReport
-from serving.replay import replay
+from serving.replay import backtest_of, replay
 from tasks.backtest import Costs
 from tasks.features.dataset import features_from_store
 from tasks.ingest import ingest_files
@@ -25,7 +24,6 @@ from tasks.models import ModelConfig
 from tasks.store import CandleStore
 from tasks.strategy.engine import Strategy
 from tasks.strategy.policy import Policy
-from tasks.strategy.simulate import Venue, simulate
 from tasks.walkforward import WalkForward, walk_forward
 from tests.test_cli import qt
 from tests.test_models import TINY
@@ -67,22 +65,7 @@ def test_replay_gives_the_backtests_trades_positions_and_equity(trained: tuple[S
     summary, home = replay(settings, _eager(), "paper", UNTIL, end)
     assert summary.ticks == 16 and summary.errors == [] and summary.unprotected_positions == 0
     journal = Journal.open(home)
-    store = CandleStore(settings.store_dir)
-    rows = features_from_store(store, list(SYMBOLS), "1h", include_unlabeled=True)
-    rows = rows[(rows["open_time"] >= UNTIL) & (rows["open_time"] <= end + HOUR)].copy()
-    rows["p_up"] = ensemble.predict_rows(rows)["p_stacker"].to_numpy()
-    candles = pd.concat([store.read(s, "1h", "spot").assign(symbol=s).reset_index() for s in SYMBOLS])
-    rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
-        candles[["symbol", "open_time", "open", "high", "low", "close"]], on=["symbol", "open_time"]
-    )
-    with FakeExchange(now_ms=int(UNTIL.value // 1_000_000)) as exchange:
-        for symbol in SYMBOLS:
-            exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
-        rules = venue_rules(settings, "spot", exchange.client())
-    venue = Venue(settings.taker_fee_bps, settings.slippage_bps, 0.0, settings.paper_cash)
-    cost = float(ensemble.costs.per_side())
-    body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + HOUR]
-    backtest = simulate(body, EAGER, HOUR, venue, ensemble.abs_return, cost, rules, then=then)
+    backtest = backtest_of(settings, ensemble, _eager(), UNTIL, end)
     live_trades = report.trades(journal)
     assert len(backtest.trades) >= 2 and len(live_trades) == len(backtest.trades)
     for live, sim in zip(live_trades, backtest.trades, strict=True):
