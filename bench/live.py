@@ -113,6 +113,7 @@ def main() -> None:
         began = time.perf_counter()
         load_ensemble(settings, "1h", version)
         results["model_load_from_mlflow_s"] = time.perf_counter() - began
+        results["prefect"] = _prefect_overhead(settings, list(ten))
 
     table = Table(title=f"Live tick latency ({args.ticks} bars, paper broker, local exchange)")
     for column in ("universe", "tick p50 s", "tick p99 s", "first tick s", *PHASES):
@@ -129,7 +130,40 @@ def main() -> None:
         f"alias resolution: {results['alias_resolution_s'] * 1000:.1f} ms; "
         f"load from MLflow: {results['model_load_from_mlflow_s']:.2f} s"
     )
+    prefect = results["prefect"]
+    assert isinstance(prefect, dict)
+    print(
+        f"Prefect flow run of one idle tick (10 symbols, server warm): {prefect['flow_run_s']:.2f} s; "
+        f"the same tick called directly: {prefect['direct_tick_s']:.2f} s"
+    )
     write_results("live", results)
+
+
+def _prefect_overhead(settings: object, symbols: list[str]) -> dict[str, float]:
+    """One idle tick (no new bar) as a Prefect flow run, and called directly, against the local exchange."""
+    import os
+
+    from core.settings import load_settings
+    from flows.live import build_loop, live_flow
+    from infra.exchange import FakeExchange
+    from tasks.store import CandleStore
+
+    home = settings.home  # type: ignore[attr-defined]
+    store = CandleStore(home / "store")
+    newest = max(span[1] for s in symbols if (span := store.time_range(s, "1h", "spot")) is not None)
+    with FakeExchange(now_ms=int((newest + pd.Timedelta(hours=1)).value // 1_000_000)) as exchange:
+        for symbol in symbols:
+            exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
+        os.environ["QT_BINANCE_SPOT_URL"] = exchange.spot_url
+        live_flow(home=str(home), symbols=symbols)  # starts the ephemeral server; decides the newest bar
+        began = time.perf_counter()
+        live_flow(home=str(home), symbols=symbols)
+        flow_s = time.perf_counter() - began
+        loop = build_loop(load_settings(home), "paper", "spot", None, symbols)
+        began = time.perf_counter()
+        loop.tick()
+        direct_s = time.perf_counter() - began
+    return {"flow_run_s": flow_s, "direct_tick_s": direct_s, "overhead_s": flow_s - direct_s}
 
 
 if __name__ == "__main__":

@@ -195,8 +195,12 @@ def test_the_journal_learns_the_venues_fills_and_fees(
     exchange: FakeExchange, journal: Journal, candles: pd.DataFrame, market: str
 ) -> None:
     """Exits fill on the venue, unseen; reconcile journals them from the venue's trades, fees included."""
+    from serving.journal import report
+
     venue = _binance(exchange, journal, candles, market)
     venue.broker.place_protected(venue.entry(stop_pct="1"))
+    [shown] = report.positions(journal, {})  # qt positions: the legs as the venue holds them
+    assert shown["stop"] is not None and len(shown["take_profits"]) == 2
     while venue.broker.positions():
         venue.advance()
     venue.broker.reconcile()
@@ -211,6 +215,8 @@ def test_the_journal_learns_the_venues_fills_and_fees(
         venue_fees += (buy.qty - kept.quantity) * buy.price - buy.fee
     journal_fees = journal.read(lambda s: sum((f.fee for f in s.query(db.Fill)), Decimal(0)))
     assert journal_fees == venue_fees
+    [closed] = report.trades(journal)  # qt trades: every fill of the trade, its fees and R
+    assert Decimal(closed["fees"]) == journal_fees and closed["r_multiple"] is not None
     sold = sum((f.qty * f.price for f in exchange.fills if f.side == "SELL"), Decimal(0))
     bought = sum((f.qty * f.price for f in exchange.fills if f.side == "BUY"), Decimal(0))
     if market == "futures":  # long then flat: P&L is what the sells brought in less what the buy cost

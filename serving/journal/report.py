@@ -13,11 +13,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from serving.journal import queries
 from serving.journal.journal import Journal
-from serving.journal.models import OPEN_ORDER_STATUSES, Order, Position
+from serving.journal.models import OPEN_ORDER_STATUSES, Fill, Order, Position
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -25,12 +26,51 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def _orders_of(position: Position, session: Session) -> list[Order]:
-    orders = [leg.order for leg in position.protective_orders]
+    """The position's entry, then every reduce-only order of its symbol that filled while it was open.
+
+    One position per symbol at a time, so a fill between its opening and its closing is its
+    own: exit legs, a market close, a re-placed stop alike.
+    """
+    orders: list[Order] = []
     if position.entry_order_id is not None:
         entry = session.get(Order, position.entry_order_id)
         if entry is not None:
-            orders.insert(0, entry)
-    return orders
+            orders.append(entry)
+    query = (
+        select(Order)
+        .join(Fill, Fill.order_id == Order.id)
+        .where(Order.symbol == position.symbol, Order.reduce_only.is_(True), Fill.time >= position.opened_at)
+        .distinct()
+        .order_by(Order.id)
+    )
+    if position.closed_at is not None:
+        query = query.where(Fill.time <= position.closed_at)
+    return orders + [o for o in session.scalars(query) if o.id != position.entry_order_id]
+
+
+def _live_legs(position: Position, session: Session) -> list[tuple[str, Decimal, Decimal, str]]:
+    """(kind, price, quantity, client order id) of the exits that may still fill.
+
+    The paper broker links its exits to the position; a venue broker journals them as the
+    symbol's open reduce-only orders (a stop's trigger, a take-profit's trigger or limit).
+    """
+    linked = [leg for leg in position.protective_orders if leg.status in OPEN_ORDER_STATUSES]
+    if linked:
+        return [(leg.kind, leg.price, leg.quantity, leg.order.client_order_id) for leg in linked]
+    out = []
+    for order in queries.open_orders(session, position.symbol):
+        if not order.reduce_only or order.leg in ("entry", "exit", "close"):
+            continue
+        kind = "take_profit" if order.leg.startswith("tp") else "stop"
+        at = (
+            order.stop_price
+            if order.stop_price is not None and kind == "stop"
+            else order.price or order.stop_price
+        )
+        size = order.quantity or position.quantity  # a closePosition stop closes whatever is open
+        if at is not None:
+            out.append((kind, at, size, order.client_order_id))
+    return out
 
 
 def positions(journal: Journal, prices: Mapping[str, Decimal]) -> list[dict[str, Any]]:
@@ -39,8 +79,8 @@ def positions(journal: Journal, prices: Mapping[str, Decimal]) -> list[dict[str,
     def ask(session: Session) -> list[dict[str, Any]]:
         out = []
         for p in queries.open_positions(session):
-            live = [leg for leg in p.protective_orders if leg.status in OPEN_ORDER_STATUSES]
-            stop = next((leg for leg in live if leg.kind == "stop"), None)
+            legs = _live_legs(p, session)
+            stops = [price for kind, price, _, _ in legs if kind == "stop"]
             price = prices.get(p.symbol)
             sign = 1 if p.side == "long" else -1
             unrealised = None if price is None else str(sign * (price - p.entry_price) * p.quantity)
@@ -48,10 +88,10 @@ def positions(journal: Journal, prices: Mapping[str, Decimal]) -> list[dict[str,
                 {
                     "symbol": p.symbol, "side": p.side, "quantity": str(p.quantity),
                     "entry_price": str(p.entry_price), "opened_at": _iso(p.opened_at),
-                    "stop": str(stop.price) if stop else None,
+                    "stop": str(stops[0]) if stops else None,
                     "take_profits": [
-                        {"price": str(t.price), "quantity": str(t.quantity), "order": t.order.client_order_id}
-                        for t in live if t.kind == "take_profit"
+                        {"price": str(at), "quantity": str(size), "order": cid}
+                        for kind, at, size, cid in legs if kind == "take_profit"
                     ],
                     "price": str(price) if price is not None else None,
                     "unrealised_pnl": unrealised,
