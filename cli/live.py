@@ -119,7 +119,13 @@ def _run_live(settings: Settings, config: Any, broker: str, ticks: int | None) -
     venue = open_broker(settings, journal, broker, config.market, client=client)
     source = BinanceKlineSource(settings, config.market, client=client)
     loop = LiveLoop(
-        settings, config, venue, journal, source, venue_price(client, config.market), settings.paper_cash
+        settings,
+        config,
+        venue,
+        journal,
+        source,
+        venue_price(client, config.market),
+        settings.paper_cash if broker == "paper" else None,
     )
 
     def next_minute() -> None:

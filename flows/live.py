@@ -85,4 +85,12 @@ def build_loop(
     journal = Journal.open(settings)
     venue = open_broker(settings, journal, broker, market, client=client)
     source = BinanceKlineSource(settings, market, client=client)
-    return LiveLoop(settings, config, venue, journal, source, price_of(client, market), settings.paper_cash)
+    return LiveLoop(
+        settings,
+        config,
+        venue,
+        journal,
+        source,
+        price_of(client, market),
+        settings.paper_cash if broker == "paper" else None,
+    )

@@ -183,13 +183,18 @@ def features_hash(rows: pd.DataFrame) -> str:
 
 
 def book_of(
-    journal: Journal, config: LiveConfig, candles: dict[str, pd.DataFrame], cash: float, start_equity: float,
+    journal: Journal,
+    config: LiveConfig,
+    candles: dict[str, pd.DataFrame],
+    cash: float,
+    start_equity: float | None,
     bar_time: pd.Timestamp,
 ) -> Book:  # fmt: skip
     """The strategy's :class:`Book` at ``bar_time``'s close, from the journal and the candles.
 
     ``cash``: the account's quote balance (spot: after paying for what it holds).
-    ``start_equity``: the account's equity when trading began (the first peak).
+    ``start_equity``: the account's equity when trading began (the first peak); None: the
+    first equity snapshot (a venue account starts where it stands).
     """
     prices = {s: float(c["close"].iloc[-1]) for s, c in candles.items() if len(c)}
     held: dict[str, Held] = {}
@@ -209,8 +214,9 @@ def book_of(
         equity = cash + sum(h.unrealised(prices.get(s, h.entry)) for s, h in held.items())
     snapshots = journal.read(_snapshots)
     earlier = [e for t, e in snapshots if t < bar_time.normalize()]
-    book = Book(equity, max([start_equity, equity, *(e for _, e in snapshots)]),
-                earlier[-1] if earlier else start_equity, held, prices=prices)  # fmt: skip
+    start = start_equity if start_equity is not None else (snapshots[0][1] if snapshots else equity)
+    book = Book(equity, max([start, equity, *(e for _, e in snapshots)]),
+                earlier[-1] if earlier else start, held, prices=prices)  # fmt: skip
     trades = report.trades(journal)
     book.r_multiples = [float(t["r_multiple"] or 0.0) for t in trades]
     book.last_exit = {t["symbol"]: pd.Timestamp(t["closed_at"]) for t in trades}

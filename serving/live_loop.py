@@ -76,7 +76,7 @@ class LiveLoop:
         journal: the broker's journal.
         source: the kline source candles come from (python-binance against the venue).
         price_of: the venue's last price of a symbol (the paper broker fills at it).
-        start_equity: the account's equity when trading began.
+        start_equity: the account's equity when trading began (None: its first snapshot).
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class LiveLoop:
         journal: Journal,
         source: Any,
         price_of: Callable[[str], Decimal],
-        start_equity: float,
+        start_equity: float | None,
     ) -> None:
         self.settings, self.config, self.broker, self.journal = settings, config, broker, journal
         self.source, self.price_of, self.start_equity = source, price_of, start_equity

@@ -109,7 +109,9 @@ def replay(
         venue = open_broker(target, journal, broker, config.market, client=client)
         source = BinanceKlineSource(target, config.market, client=client)
         prices = price_of(client, config.market)
-        loop = LiveLoop(target, config, venue, journal, source, prices, settings.paper_cash)
+        loop = LiveLoop(
+            target, config, venue, journal, source, prices, settings.paper_cash if broker == "paper" else None
+        )
         summary = Summary()
         for number, bar in enumerate(timeline):
             if chaos and number in chaos:

@@ -228,19 +228,22 @@ def test_the_live_flow_is_one_tick_as_a_prefect_flow_run(
     assert done["signals"] == 3 and done["unprotected_positions"] == 0, done["errors"]
 
 
-def test_qt_live_once_against_the_venue_journals_into_the_home(trained: tuple[Settings, Ensemble]) -> None:
-    """``qt live --once`` with the venue's endpoints from the environment (here the local exchange)."""
+def test_qt_live_once_against_the_venue_journals_into_the_home(
+    trained: tuple[Settings, Ensemble], tmp_path: Path
+) -> None:
+    """``qt live --once`` with the venue's endpoints (and a journal) from the environment."""
     settings, _ = trained
+    url = f"sqlite:///{tmp_path / 'live.db'}"  # its own journal: the Prefect flow test decided in the home's
     store = CandleStore(settings.store_dir)
     newest = max(span[1] for s in SYMBOLS if (span := store.time_range(s, "1h", "spot")) is not None)
     with FakeExchange(now_ms=int((newest + HOUR).value // 1_000_000)) as exchange:
         for symbol in SYMBOLS:
             exchange.add_candles(symbol, "1h", store.read(symbol, "1h", "spot"))
-        env = {"QT_BINANCE_SPOT_URL": exchange.spot_url}
+        env = {"QT_BINANCE_SPOT_URL": exchange.spot_url, "QT_JOURNAL_URL": url}
         done = qt("live", "--once", "--json", home=settings.home, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert (summary["ticks"], summary["model_version"], summary["signals"]) == (1, "1", 3)
     assert summary["replay"] is None and summary["unprotected_positions"] == 0
-    journal = Journal.open(settings)
-    assert journal.read(lambda s: s.query(db.Signal).count()) >= 3  # the live journal, not a replay's
+    journal = Journal(url)
+    assert journal.read(lambda s: s.query(db.Signal).count()) == 3  # the live journal, not a replay's
