@@ -34,7 +34,11 @@ def live(
     ] = None,
     speed: Annotated[
         float,
-        typer.Option("--speed", min=0, help="Replay pace: X ticks per real minute of live (0: flat out)."),
+        typer.Option(
+            "--speed",
+            min=0,
+            help="Replay pace: X times live's tick a minute (1000: every 60 ms; 0: flat out).",
+        ),
     ] = 0.0,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
