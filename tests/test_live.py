@@ -247,3 +247,26 @@ def test_qt_live_once_against_the_venue_journals_into_the_home(
     assert summary["replay"] is None and summary["unprotected_positions"] == 0
     journal = Journal(url)
     assert journal.read(lambda s: s.query(db.Signal).count()) == 3  # the live journal, not a replay's
+
+
+def test_qt_live_replay_dir_plays_files_after_the_stores_newest_candle(
+    trained: tuple[Settings, Ensemble], tmp_path: Path, btc_raw: pd.DataFrame
+) -> None:
+    """``qt live --replay DIR``: data-dump files played after the store's newest candle, through the loop."""
+    _, ensemble = trained
+    home = load_settings(tmp_path / "home")
+    cut = int(UNTIL.value // 1_000_000)
+    (tmp_path / "dumps").mkdir()
+    btc_raw[btc_raw["open_time"] < cut].to_csv(tmp_path / "history.csv", index=False)
+    ingest_files("BTCUSDT", "1h", "spot", [tmp_path / "history.csv"], "files", home)
+    later = btc_raw[(btc_raw["open_time"] >= cut) & (btc_raw["open_time"] < cut + 4 * 3_600_000)]
+    later.to_csv(tmp_path / "dumps" / "BTCUSDT-1h-2025-05.csv", index=False, header=False)
+    example = features_from_store(CandleStore(home.store_dir), ["BTCUSDT"], "1h").tail(2)
+    set_alias(home, "1h", "champion", register(home, ensemble, example))
+    done = qt("live", "--replay", str(tmp_path / "dumps"), "--json", home=home.home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert (summary["ticks"], summary["signals"], summary["model_version"]) == (4, 4, "1"), summary["errors"]
+    replayed = Journal.open(load_settings(Path(summary["replay"])))
+    times = replayed.read(lambda s: sorted({x.time for x in s.query(db.Signal)}))
+    assert times == list(pd.date_range(UNTIL, periods=4, freq="h").to_pydatetime())
