@@ -116,6 +116,7 @@ class LiveLoop:
         if newest is None or (self.last_bar is not None and newest <= self.last_bar):
             self._reconcile(report)
             clock.lap("reconcile")
+            self._journal_errors(report)
             return report
         report.bar_time = newest
         rows = FeatureSpec().min_history + (ensemble.history_rows if ensemble is not None else 0) + 1
@@ -126,10 +127,23 @@ class LiveLoop:
             self._decide_and_trade(report, ensemble, str(version), candles, newest, clock)
         except QTError as err:
             report.errors.append(f"bar {newest}: no new positions ({err})")
+        except (
+            Exception
+        ) as err:  # a bug must not stop the loop that keeps the stops alive: fail closed, loudly
+            log.exception("tick at %s", newest)
+            report.errors.append(f"bar {newest}: no new positions (unexpected {type(err).__name__}: {err})")
         self._reconcile(report)
         clock.lap("reconcile")
         self.last_bar = newest
+        self._journal_errors(report)
         return report
+
+    def _journal_errors(self, report: live.TickReport) -> None:
+        """A tick's errors, in the journal for whoever reads it later (health, qt live's summary)."""
+        if report.errors:
+            bar = report.bar_time.isoformat() if report.bar_time is not None else None
+            with self.journal.transaction() as session:
+                session.add(db.Event(kind="tick_errors", detail={"bar": bar, "errors": report.errors[:50]}))
 
     def _decide_and_trade(
         self, report: live.TickReport, ensemble: Any, version: str, candles: dict[str, pd.DataFrame],

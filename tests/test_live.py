@@ -174,8 +174,10 @@ def test_exchange_down_for_several_ticks_fails_closed_then_catches_up(
     assert all(r.errors and r.orders == 0 and r.bar_time is None for r in reports[2:5])
     assert reports[5].bar_time == UNTIL + 5 * HOUR  # 3 missed candles fetched at once; the newest decided
     assert reports[7].bar_time == UNTIL + 7 * HOUR and reports[7].errors == []
-    decided = Journal.open(home).read(lambda s: sorted({x.time for x in s.query(db.Signal)}))
+    journal = Journal.open(home)
+    decided = journal.read(lambda s: sorted({x.time for x in s.query(db.Signal)}))
     assert len(decided) == 5  # the bars of the outage got no decision (fail closed), the rest did
+    assert len(journal.recent_events(50, "tick_errors")) >= 3  # and the journal says why
 
 
 def test_a_stale_feed_is_reported_and_gets_no_new_positions(trained: tuple[Settings, Ensemble]) -> None:
