@@ -16,3 +16,26 @@ def write_results(name: str, document: Any) -> Path:
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def train_champion(settings: Any, matrix: Any, before: Any, days: int) -> Any:
+    """A small XGBoost + LightGBM ensemble on ``matrix`` rows before ``before``, registered as champion.
+
+    ``days`` of walk-forward (2 folds) feed the stacker. Returns the ensemble.
+    """
+    import pandas as pd
+
+    from model_registry.ensemble import fit_ensemble
+    from model_registry.registry import register, set_alias
+    from tasks.backtest import Costs
+    from tasks.models import ModelConfig
+    from tasks.walkforward import WalkForward, walk_forward
+
+    rows = matrix[matrix["open_time"] < before]
+    plan = WalkForward(before - pd.Timedelta(days=days), before, folds=2)
+    config = ModelConfig(seed=1, device="cpu")
+    trained = walk_forward(rows, ["xgb", "lgbm"], config, plan)
+    assert trained.stacker is not None
+    ensemble = fit_ensemble(rows, ["xgb", "lgbm"], config, plan, trained.stacker, "1h", Costs())
+    set_alias(settings, "1h", "champion", register(settings, ensemble, rows.tail(2)))
+    return ensemble

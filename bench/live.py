@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import write_results  # noqa: E402
+from bench import train_champion, write_results  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "binance"
 HISTORY = 3000  # candles per symbol in the store before the replay (training needs ~70 days)
@@ -49,16 +49,12 @@ def main() -> None:
 
     from core.candles import to_store_frame
     from core.settings import configure_environment, load_settings
-    from model_registry.ensemble import fit_ensemble
     from model_registry.registry import load_ensemble, register, set_alias
     from serving.live import LiveConfig, ModelCache
     from serving.replay import replay
-    from tasks.backtest import Costs
     from tasks.features.dataset import features_from_store
     from tasks.ingest.files import read_candle_file
-    from tasks.models import ModelConfig
     from tasks.store import CandleStore
-    from tasks.walkforward import WalkForward, walk_forward
 
     results: dict[str, object] = {"ticks": args.ticks, "history_candles": HISTORY}
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,13 +76,7 @@ def main() -> None:
         fifty = tuple(store.symbols("1h", "spot"))
         start = min(f.index[-args.ticks] for f in base.values())
         matrix = features_from_store(store, list(ten), "1h")
-        matrix = matrix[matrix["open_time"] < start]
-        plan = WalkForward(start - pd.Timedelta(days=20), start, folds=2)
-        config = ModelConfig(seed=1, device="cpu")
-        trained = walk_forward(matrix, ["xgb", "lgbm"], config, plan)
-        assert trained.stacker is not None
-        ensemble = fit_ensemble(matrix, ["xgb", "lgbm"], config, plan, trained.stacker, "1h", Costs())
-        set_alias(settings, "1h", "champion", register(settings, ensemble, matrix.tail(2)))
+        ensemble = train_champion(settings, matrix, start, days=20)
 
         for label, universe in (("10 symbols", ten), ("50 symbols", fifty)):
             summary, _ = replay(settings, LiveConfig(universe, "1h", "spot"), "paper", start, None)

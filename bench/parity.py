@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import write_results  # noqa: E402
+from bench import train_champion, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -36,21 +36,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.settings import configure_environment, load_settings
-    from model_registry.ensemble import fit_ensemble
-    from model_registry.registry import register, set_alias
     from serving.journal import Journal, report
     from serving.journal import models as db
     from serving.live import LiveConfig
     from serving.replay import backtest_of, replay
-    from tasks.backtest import Costs
     from tasks.features.dataset import features_from_store
     from tasks.ingest import ingest_files
     from tasks.ingest.sample import sample_paths
-    from tasks.models import ModelConfig
     from tasks.store import CandleStore
     from tasks.strategy.engine import Strategy
     from tasks.strategy.policy import Policy
-    from tasks.walkforward import WalkForward, walk_forward
 
     hour = pd.Timedelta(hours=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,13 +59,7 @@ def main() -> None:
         newest = min(span[1] for s in symbols if (span := store.time_range(s, "1h", "spot")) is not None)
         start, end = newest - (args.hours + 1) * hour, newest - 2 * hour
         matrix = features_from_store(store, None, "1h")
-        matrix = matrix[matrix["open_time"] < start]
-        plan = WalkForward(start - pd.Timedelta(days=60), start, folds=2)
-        config = ModelConfig(seed=1, device="cpu")
-        trained = walk_forward(matrix, ["xgb", "lgbm"], config, plan)
-        assert trained.stacker is not None
-        ensemble = fit_ensemble(matrix, ["xgb", "lgbm"], config, plan, trained.stacker, "1h", Costs())
-        set_alias(settings, "1h", "champion", register(settings, ensemble, matrix.tail(2)))
+        ensemble = train_champion(settings, matrix, start, days=60)
 
         strategy = Strategy(policy=Policy(enter=0.0, exit=0.0, allow_short=False))
         began = time.perf_counter()

@@ -265,11 +265,7 @@ class BinanceBroker:
             if answer is not None:
                 self._record_answer(request, answer)
                 continue
-            with self.journal.transaction() as session:
-                stored = q.order_by_client_id(session, row.client_order_id)
-                if stored is not None:
-                    stored.status = "expired"
-                session.add(db.Event(kind="never_reached_venue", detail={"order": row.client_order_id}))
+            self._gone(row.client_order_id, "never_reached_venue")
 
     def _sync_fills(self) -> None:
         """Journal what the venue did to our open orders since we last looked (filled, cancelled, gone)."""
@@ -285,11 +281,15 @@ class BinanceBroker:
             if answer is not None:
                 self._record_answer(request, answer)
                 continue
-            with self.journal.transaction() as session:  # gone without a trace: it protects nothing now
-                stored = q.order_by_client_id(session, row.client_order_id)
-                if stored is not None:
-                    stored.status = "expired"
-                session.add(db.Event(kind="order_vanished", detail={"order": row.client_order_id}))
+            self._gone(row.client_order_id, "order_vanished")  # gone without a trace: it protects nothing
+
+    def _gone(self, client_order_id: str, why: str) -> None:
+        """The venue has no such order: journalled as expired, and why."""
+        with self.journal.transaction() as session:
+            stored = q.order_by_client_id(session, client_order_id)
+            if stored is not None:
+                stored.status = "expired"
+            session.add(db.Event(kind=why, detail={"order": client_order_id}))
 
     def unprotected_positions(self) -> int:
         """Open positions on the venue without a live stop (the goal is always 0)."""
