@@ -40,19 +40,19 @@ from serving.brokers.base import (
 from serving.brokers.binance_api import (
     CONDITIONAL,
     symbol_rules,
-    trade_totals,
     venue_algo,
     venue_order,
 )
+from serving.brokers.binance_journal import VenueJournal
 from serving.brokers.binance_venue import FuturesVenue
-from serving.brokers.ledger import apply_fill, order_from_row, order_row, utc_now
+from serving.brokers.ledger import order_from_row, order_row
 from serving.journal import Journal
 from serving.journal import models as db
 from serving.journal import queries as q
 from tasks.fills import ExitLeg, closing_side, validate_exits
 
 
-class BinanceBroker:
+class BinanceBroker(VenueJournal):
     """USD-M futures on Binance (testnet by default) or any venue speaking its API.
 
     Args:
@@ -64,7 +64,6 @@ class BinanceBroker:
     """
 
     market: ClassVar[Literal["spot", "futures"]] = "futures"
-    quote: ClassVar[str] = "USDT"
 
     def __init__(
         self, client: Any, journal: Journal, leverage: int = 1, margin_type: str = "ISOLATED", tries: int = 3
@@ -255,42 +254,6 @@ class BinanceBroker:
                     continue
                 self._event("exit_cancelled", symbol=row.symbol, order=row.client_order_id, reason="flat")
 
-    def _settle_pending(self) -> None:
-        """Orders journalled but never confirmed (a crash mid-send): take the venue's word for each."""
-        for row in self.journal.open_orders():
-            if row.status != "pending":
-                continue
-            request = _request_of(row)
-            answer = self.venue.lookup(request)
-            if answer is not None:
-                self._record_answer(request, answer)
-                continue
-            self._gone(row.client_order_id, "never_reached_venue")
-
-    def _sync_fills(self) -> None:
-        """Journal what the venue did to our open orders since we last looked (filled, cancelled, gone)."""
-        waiting = [row for row in self.journal.open_orders() if row.status == "new"]
-        if not waiting:
-            return
-        live = {o.client_order_id for o in self.open_orders()}
-        for row in waiting:
-            if row.client_order_id in live:
-                continue
-            request = _request_of(row)
-            answer = self.venue.lookup(request)
-            if answer is not None:
-                self._record_answer(request, answer)
-                continue
-            self._gone(row.client_order_id, "order_vanished")  # gone without a trace: it protects nothing
-
-    def _gone(self, client_order_id: str, why: str) -> None:
-        """The venue has no such order: journalled as expired, and why."""
-        with self.journal.transaction() as session:
-            stored = q.order_by_client_id(session, client_order_id)
-            if stored is not None:
-                stored.status = "expired"
-            session.add(db.Event(kind=why, detail={"order": client_order_id}))
-
     def unprotected_positions(self) -> int:
         """Open positions on the venue without a live stop (the goal is always 0)."""
         return sum(not self._live_stop(p.symbol) for p in self.positions())
@@ -409,46 +372,6 @@ class BinanceBroker:
         order_id = answer.get("actualOrderId") or answer.get("orderId")
         return list(self.venue.call(self.client.futures_account_trades, symbol=symbol, orderId=order_id))
 
-    # -- journal ----------------------------------------------------------------------------
-    def _record_answer(self, order: OrderRequest, answer: dict[str, Any]) -> Order:
-        """The venue's answer into the journal: status, and a fill (the venue's trades, fees included)."""
-        if order.type == "market" and answer.get("status") in ("NEW", None):  # an ACK: ask how it ended
-            answer = self.venue.lookup(order) or answer
-        venue = self._read(order, answer)
-        fill = None
-        if venue.status == "filled" and not self.journal.read(
-            lambda s: (row := q.order_by_client_id(s, order.client_order_id)) is not None and bool(row.fills)
-        ):
-            fill = self._fill_of(order, venue, answer)
-        with self.journal.transaction() as session:
-            row = q.order_by_client_id(session, order.client_order_id)
-            assert row is not None, "journalled before sending"
-            row.status = venue.status
-            row.venue_order_id = venue.venue_order_id
-            if fill is not None and not row.fills:
-                apply_fill(session, row, *fill, self.quote, utc_now())
-        return venue
-
-    def _fill_of(
-        self, order: OrderRequest, venue: Order, answer: dict[str, Any]
-    ) -> tuple[Decimal, Decimal, Decimal]:
-        """(quantity, average price, fee in the quote asset) of a filled order, from its trades.
-
-        A fee paid in the base asset (spot buys) leaves less than was bought: the position is
-        what is left on the step grid, and the rest (fee and dust) counts as fee, in quote.
-        """
-        trades = self._trades(order.symbol, answer)
-        if not trades:
-            self._event("trades_missing", order=order.client_order_id)
-            return venue.filled_quantity, venue.average_price or Decimal(0), Decimal(0)
-        quantity, price, quote_fee, base_fee = trade_totals(trades, self.quote)
-        kept = self._rules(order.symbol).round_quantity(quantity - base_fee) if base_fee else quantity
-        return kept, price, quote_fee + (quantity - kept) * price
-
-    def _event(self, kind: str, **detail: Any) -> None:
-        with self.journal.transaction() as session:
-            session.add(db.Event(kind=kind, detail=detail))
-
     # -- venue rules ------------------------------------------------------------------------
     def _load_rules(self) -> dict[str, SymbolRules]:
         return symbol_rules(self.venue.call(self.client.futures_exchange_info))
@@ -478,12 +401,3 @@ class BinanceBroker:
                 f"{order.symbol}: quantity {order.quantity} off LOT_SIZE (step {rules.step_size}, "
                 f"min {rules.min_qty})"
             )
-
-
-def _request_of(row: db.Order) -> OrderRequest:
-    """The request a journalled order was sent as."""
-    side: Literal["buy", "sell"] = "buy" if row.side == "buy" else "sell"
-    return OrderRequest(
-        row.client_order_id, row.symbol, side, row.type,  # type: ignore[arg-type]
-        row.quantity, stop_price=row.stop_price, price=row.price, reduce_only=row.reduce_only, leg=row.leg,
-    )  # fmt: skip
