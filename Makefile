@@ -36,12 +36,15 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/backtest.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/execution.py
+	$(BIN)/python bench/parity.py
+	$(BIN)/python bench/live.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache

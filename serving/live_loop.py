@@ -27,8 +27,8 @@ from serving.journal import models as db
 from tasks.features import FeatureSpec
 from tasks.fills import Bar
 from tasks.store import CandleStore
-from tasks.strategy.engine import Decisions
-from tasks.strategy.simulate import Rules, signals_at
+from tasks.strategy.engine import Decisions, Grids
+from tasks.strategy.simulate import signals_at
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class LiveLoop:
         self.source, self.price_of, self.start_equity = source, price_of, start_equity
         self.models = live.ModelCache(settings, config.interval, config.market)
         self.store = CandleStore(settings.store_dir)
-        self.rules = Rules(getattr(broker, "rules", None))
+        self.rules = Grids(getattr(broker, "rules", None))
         self.last_bar = self._last_decided()
         self.seen: dict[str, pd.Timestamp] = (
             {s: self.last_bar for s in config.symbols} if self.last_bar else {}
@@ -167,10 +167,7 @@ class LiveLoop:
             signal_ids = live.journal_signals(self.journal, predictions, version, config.interval, digests)
             report.signals = len(predictions)
             signals = signals_at(merged, ensemble.abs_return, float(ensemble.costs.per_side()))
-            grid = self.rules
-            decisions = config.strategy_for(ensemble).decide(
-                book, signals, config.step, grid.quantity, grid.price
-            )
+            decisions = config.strategy_for(ensemble).decide(book, signals, config.step, self.rules)
             self._shadow(features, newest, digests)
         clock.lap("predict")
         self._set_prices(newest + config.step)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from core.errors import BadConfigError
 
 Side = Literal["long", "short"]
@@ -78,13 +80,16 @@ def closing_side(side: Side) -> OrderSide:
 
 def market_fill_price(reference: float, order_side: OrderSide, slippage_bps: float) -> float:
     """The price a market order gets: the reference moved against the order by the slippage."""
-    move = slippage_bps / 1e4
-    return reference * (1 + move) if order_side == "buy" else reference * (1 - move)
+    from tasks.fill_kernel import market_price
+
+    return float(market_price(reference, 1.0 if order_side == "buy" else -1.0, slippage_bps))
 
 
 def fee(notional: float, fee_bps: float) -> float:
     """The fee of a fill: a fraction of its notional (quote currency)."""
-    return abs(notional) * fee_bps / 1e4
+    from tasks.fill_kernel import fee as kernel_fee
+
+    return float(kernel_fee(notional, fee_bps))
 
 
 def validate_exits(side: Side, entry: float, quantity: float, legs: Sequence[ExitLeg]) -> None:
@@ -131,29 +136,22 @@ def triggered_exits(
 
     A stop touched in the bar fills first and closes what is left, so take-profits of the
     same bar do not fill (the conservative rule). Otherwise take-profits fill nearest
-    first, each at its own price.
+    first, each at its own price. The rule itself is :func:`tasks.fill_kernel.exit_fills`,
+    the backtest's too.
     """
-    closing = closing_side(side)
+    from tasks.fill_kernel import exit_fills
+
     stop = next((leg for leg in legs if leg.kind == "stop"), None)
-    if stop is not None and _touched(side, "stop", stop.price, bar):
-        gapped = bar.open < stop.price if side == "long" else bar.open > stop.price
-        price = market_fill_price(bar.open if gapped else stop.price, closing, slippage_bps)
-        return [ExitFill(stop, price, quantity)]
-    fills: list[ExitFill] = []
-    left = quantity
-    targets = sorted(
-        (leg for leg in legs if leg.kind == "take_profit"), key=lambda leg: leg.price, reverse=side == "short"
-    )
-    for leg in targets:
-        if left <= 0 or not _touched(side, "take_profit", leg.price, bar):
-            break
-        filled = min(leg.quantity, left)
-        fills.append(ExitFill(leg, leg.price, filled))
-        left -= filled
-    return fills
-
-
-def _touched(side: Side, kind: ExitKind, price: float, bar: Bar) -> bool:
-    """Whether the candle traded at or through ``price`` in the direction that triggers it."""
-    falls_to = (side == "long") == (kind == "stop")  # a long's stop and a short's target lie below
-    return bar.low <= price if falls_to else bar.high >= price
+    targets = [leg for leg in legs if leg.kind == "take_profit"]
+    prices = np.array([leg.price for leg in targets], dtype=np.float64)
+    quantities = np.array([leg.quantity for leg in targets], dtype=np.float64)
+    which = np.zeros(len(targets) + 1, dtype=np.int64)
+    price, filled = np.zeros(len(targets) + 1), np.zeros(len(targets) + 1)
+    count = exit_fills(
+        1.0 if side == "long" else -1.0, quantity, stop.price if stop is not None else np.nan,
+        prices, quantities, bar.open, bar.high, bar.low, slippage_bps, which, price, filled,
+    )  # fmt: skip
+    return [
+        ExitFill(stop if which[i] < 0 else targets[which[i]], float(price[i]), float(filled[i]))  # type: ignore[arg-type]
+        for i in range(count)
+    ]

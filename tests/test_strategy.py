@@ -56,19 +56,40 @@ def test_risk_modes_and_vetoes_name_their_reason() -> None:
     assert limits.mode(book) is Mode.CRITICAL
     assert limits.mode(Book(9_400, 10_000, 10_000)) is Mode.HALT  # -6 % on the day
     fresh = Book(10_000, 10_000, 10_000, positions={"ETHUSDT": _held("ETHUSDT")}, last_exit={"BTCUSDT": T0})
-    veto = lambda symbol, conf=0.2, notional=100.0, at=T0 + HOUR: limits.veto(  # noqa: E731
-        fresh, symbol, conf, notional, at, HOUR
-    )
-    assert veto("ETHUSDT") == "a position in the symbol is open"
-    assert veto("BTCUSDT").startswith("cooldown")
-    assert veto("BTCUSDT", at=T0 + 2 * HOUR) is None
-    assert veto("SOLUSDT", conf=0.01).startswith("confidence")
-    assert veto("SOLUSDT", notional=10_000.0).startswith("gross exposure")
-    assert limits.veto(Book(9_000, 10_000, 10_000), "SOLUSDT", 0.2, 10.0, T0, HOUR).startswith("HALT")
+
+    def vetoes(limits: RiskLimits, signals: list[Signal], book: Book = fresh) -> dict[str, str]:
+        return dict(Strategy(risk=limits, top_k=5).decide(book, signals, HOUR).vetoes)
+
+    strict = RiskLimits(min_confidence=0.3)
+    later = [_signal("BTCUSDT", 0.7, T0 + HOUR), _signal("SOLUSDT", 0.6, T0 + HOUR)]
+    assert vetoes(strict, later) == {
+        "BTCUSDT": "cooldown: closed 2025-01-01T10:00:00+00:00", "SOLUSDT": "confidence 0.200 below 0.3",
+    }  # fmt: skip
+    assert vetoes(strict, [_signal("BTCUSDT", 0.7, T0 + 2 * HOUR)]) == {}  # the cooldown is over
+    assert vetoes(RiskLimits(max_gross_exposure=0.2), [_signal("SOLUSDT", 0.7)]) == {
+        "SOLUSDT": "gross exposure 0.26 above 0.2"  # ETH's 100 + SOL's 2,500 (the notional cap) of 10,000
+    }
+    assert vetoes(RiskLimits(max_open_positions=1), [_signal("SOLUSDT", 0.7)]) == {
+        "SOLUSDT": "NORMAL: 1 positions open (max 1)"
+    }
+    assert vetoes(limits, [_signal("SOLUSDT", 0.7)], Book(9_000, 10_000, 10_000)) == {
+        "SOLUSDT": "HALT: drawdown limit reached"
+    }
+    no_atr = Signal("SOLUSDT", T0, 0.7, 100.0, 0.0, float(Regime.CHOPPY), edge_scale=0.01, cost=0.0005)
+    assert vetoes(limits, [no_atr])["SOLUSDT"].startswith("size 0")
 
 
-def _signal(symbol: str, p_up: float, price: float = 100.0) -> Signal:
-    return Signal(symbol, T0, p_up, price, 0.01, float(Regime.CHOPPY), edge_scale=0.01, cost=0.0005)
+def test_entries_of_one_bar_count_against_the_position_limit() -> None:
+    """Two strong calls, room for one more position: the better is taken, the other refused."""
+    book = Book(10_000, 10_000, 10_000, positions={"ETHUSDT": _held("ETHUSDT")})
+    strategy = Strategy(risk=RiskLimits(max_open_positions=2), top_k=2)
+    decided = strategy.decide(book, [_signal("BTCUSDT", 0.7), _signal("SOLUSDT", 0.8)], HOUR)
+    assert [e.symbol for e in decided.entries] == ["SOLUSDT"]
+    assert decided.vetoes == [("BTCUSDT", "NORMAL: 2 positions open (max 2)")]
+
+
+def _signal(symbol: str, p_up: float, at: pd.Timestamp = T0) -> Signal:
+    return Signal(symbol, at, p_up, 100.0, 0.01, float(Regime.CHOPPY), edge_scale=0.01, cost=0.0005)
 
 
 def test_decide_enters_the_best_edges_with_stop_and_targets_and_closes_on_a_turn() -> None:

@@ -9,17 +9,22 @@ backtest applies its answer with :mod:`tasks.fills`, the live flow through a bro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from core.errors import BadConfigError
+from tasks.features.regime import Regime
 from tasks.fills import Side
-from tasks.strategy.exits import Exits
+from tasks.strategy.exits import PROFILES, Exits
 from tasks.strategy.policy import Policy
-from tasks.strategy.risk import Book, RiskLimits
-from tasks.strategy.sizing import Sizing, payoff_ratio
+from tasks.strategy.risk import Book, Mode, RiskLimits
+from tasks.strategy.sizing import Sizing
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,27 @@ class Decisions:
     vetoes: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason)
 
 
-Rounder = Callable[[str, float], float]
+class Grids:
+    """The venue's tick and step sizes per symbol, as the kernel takes them (0: no grid)."""
 
+    def __init__(self, rules: Mapping[str, Any] | None = None) -> None:
+        self.rules = dict(rules or {})
 
-def _same(_: str, value: float) -> float:
-    return value
+    def of(self, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tick, step, tick decimals, step decimals) of ``symbols``."""
+        tick, lot = np.zeros(len(symbols)), np.zeros(len(symbols))
+        tick_digits, lot_digits = np.zeros(len(symbols), np.int64), np.zeros(len(symbols), np.int64)
+        for i, symbol in enumerate(symbols):
+            rule = self.rules.get(symbol)
+            if rule is None:
+                continue
+            for sizes, digits, value in (
+                (tick, tick_digits, rule.tick_size),
+                (lot, lot_digits, rule.step_size),
+            ):
+                sizes[i] = float(value)
+                digits[i] = max(0, -int(Decimal(str(value)).normalize().as_tuple().exponent))
+        return tick, lot, tick_digits, lot_digits
 
 
 @dataclass(frozen=True)
@@ -108,71 +129,204 @@ class Strategy:
     top_k: int = 2
     close_on_flat: bool = False
 
+    @cached_property
+    def parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(params, ATR multiple per regime code, take-profit plans): the kernel's view of this strategy."""
+        from tasks.strategy import kernel as k
+
+        params = np.zeros(k.N_PARAMETERS)
+        policy, sizing, risk, exits = self.policy, self.sizing, self.risk, self.exits
+        params[[k.ENTER, k.EXIT, k.ALLOW_SHORT]] = policy.enter, policy.exit, float(policy.allow_short)
+        sizing_at = [
+            k.RISK_PER_TRADE,
+            k.KELLY_FRACTION,
+            k.KELLY_AFTER,
+            k.KELLY_CAP,
+            k.MAX_POSITION_FRACTION,
+            k.LEVERAGE,
+        ]
+        params[sizing_at] = (
+            sizing.risk_per_trade, sizing.kelly_fraction, sizing.kelly_after, sizing.kelly_cap,
+            sizing.max_position_fraction, sizing.leverage,
+        )  # fmt: skip
+        risk_at = [
+            k.MIN_CONFIDENCE,
+            k.MAX_OPEN,
+            k.MAX_GROSS,
+            k.COOLDOWN_BARS,
+            k.DAILY_DRAWDOWN,
+            k.HALT_DRAWDOWN,
+        ]
+        params[risk_at] = (
+            risk.min_confidence, risk.max_open_positions, risk.max_gross_exposure, risk.cooldown_bars,
+            risk.daily_drawdown, risk.halt_drawdown,
+        )  # fmt: skip
+        params[[k.DEFENSIVE_AFTER, k.CRITICAL_AFTER, k.DEFENSIVE_SCALE, k.CRITICAL_SCALE]] = (
+            risk.defensive_after_losses, risk.critical_after_losses, risk.defensive_risk_scale,
+            risk.critical_risk_scale,
+        )  # fmt: skip
+        params[[k.DEFENSIVE_MAX, k.CRITICAL_MAX]] = risk.defensive_max_positions, risk.critical_max_positions
+        params[[k.CONSERVATIVE_BELOW, k.AGGRESSIVE_ABOVE, k.BREAKEVEN_R, k.TRAIL_AFTER_R, k.TRAIL_R]] = (
+            exits.conservative_below, exits.aggressive_above, exits.breakeven_r, exits.trail_after_r,
+            exits.trail_r,
+        )  # fmt: skip
+        params[[k.TOP_K, k.CLOSE_ON_FLAT, k.CHOPPY]] = (
+            self.top_k,
+            float(self.close_on_flat),
+            int(Regime.CHOPPY),
+        )
+        multiples = dict(sizing.atr_multiples)
+        atr_table = np.full(max(max(multiples), int(Regime.CHOPPY)) + 1, np.nan)
+        for code, multiple in multiples.items():
+            atr_table[int(code)] = multiple
+        profiles = np.zeros((3, k.MAX_LEGS, 2))
+        for p, name in enumerate(("conservative", "balanced", "aggressive")):
+            plan = PROFILES[name]
+            if len(plan) > k.MAX_LEGS:
+                raise BadConfigError(
+                    f"take-profit profile {name!r} has {len(plan)} legs; at most {k.MAX_LEGS}"
+                )
+            profiles[p, : len(plan)] = plan
+        return params, atr_table, profiles
+
     def want(self, signal: Signal) -> float:
         """The policy's event: 1 long, -1 short, 0 flat, NaN keep what is held."""
-        event = self.policy.events(np.array([signal.p_up]), signal.edge_scale, signal.cost)
-        return float(event[0])
+        from tasks.strategy.kernel import policy_event
+
+        return float(policy_event(self.parameters[0], signal.p_up, signal.edge_scale, signal.cost))
 
     def decide(
-        self,
-        book: Book,
-        signals: list[Signal],
-        step: pd.Timedelta,
-        round_quantity: Rounder = _same,
-        round_price: Rounder = _same,
+        self, book: Book, signals: list[Signal], step: pd.Timedelta, grids: Grids | None = None
     ) -> Decisions:
         """What to do at the next price, from the book at this bar's close and its signals.
 
-        ``round_quantity`` / ``round_price`` put sizes and prices on the venue's grids
-        (the broker would round them the same way).
+        ``grids`` puts sizes and prices on the venue's grids (the broker rounds them the same
+        way). The rules are :func:`tasks.strategy.kernel.decide_bar`, the backtest's too.
         """
-        out = Decisions()
+        from tasks.strategy import kernel as k
+
+        symbols = sorted({s.symbol for s in signals} | set(book.positions))
+        n = len(symbols)
+        row = {symbol: i for i, symbol in enumerate(symbols)}
+        side, held = (
+            np.zeros(n, np.int8),
+            np.zeros((6, n)),
+        )  # quantity, entry, stop, initial stop, best, price
+        last_exit = np.full(n, k.NO_TIME, np.int64)
+        held[5] = np.nan
+        for symbol, position in book.positions.items():
+            i = row[symbol]
+            side[i] = 1 if position.side == "long" else -1
+            held[:5, i] = (
+                position.quantity,
+                position.entry,
+                position.stop,
+                position.initial_stop,
+                position.best,
+            )
+        for symbol, when in book.last_exit.items():
+            if symbol in row:
+                last_exit[row[symbol]] = pd.Timestamp(when).value
+        for symbol, price in book.prices.items():
+            if symbol in row:
+                held[5, row[symbol]] = price
+        has_signal = np.zeros(n, np.bool_)
+        numbers = np.full((6, n), np.nan)  # p_up, price, atr_pct, regime, edge scale, cost
+        for signal in signals:
+            i = row[signal.symbol]
+            has_signal[i] = True
+            numbers[:, i] = (
+                signal.p_up,
+                signal.price,
+                signal.atr_pct,
+                signal.regime,
+                signal.edge_scale,
+                signal.cost,
+            )
+        bar_time = max(s.bar_time for s in signals) if signals else pd.Timestamp(0, tz="UTC")
+        out = _Answer(n)
+        params, atr_table, profiles = self.parameters
+        wins, losses = [r for r in book.r_multiples if r > 0], [-r for r in book.r_multiples if r < 0]
+        payoff = (sum(wins) / len(wins)) / (sum(losses) / len(losses)) if wins and losses else np.nan
+        considered, mode = k.decide_bar(  # type: ignore[call-arg]
+            params, atr_table, profiles, book.equity, book.peak_equity, book.day_start_equity,
+            len(book.r_multiples), book.losing_streak, payoff,
+            side, held[0], held[1], held[2], held[3], held[4], last_exit, held[5],
+            has_signal, *numbers, bar_time.value, step.value, *(grids or Grids()).of(symbols), *out.arrays(),
+        )  # fmt: skip
         by_symbol = {s.symbol: s for s in signals}
-        for symbol, held in book.positions.items():
-            signal = by_symbol.get(symbol)
-            if signal is None:
+        return out.decisions(symbols, by_symbol, considered, Mode(list(Mode)[mode]), self.risk)
+
+
+class _Answer:
+    """The kernel's output arrays for one bar, and their reading as :class:`Decisions`."""
+
+    def __init__(self, n: int) -> None:
+        from tasks.strategy.kernel import MAX_LEGS
+
+        self.close_code, self.stop_move = np.zeros(n, np.int8), np.full(n, np.nan)
+        self.candidate, self.outcome, self.detail = (
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros((n, 2)),
+        )
+        self.sign, self.quantity, self.stop = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.tp_price, self.tp_quantity = np.full((n, MAX_LEGS), np.nan), np.zeros((n, MAX_LEGS))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.close_code, self.stop_move, self.candidate, self.outcome, self.detail, self.sign,
+                self.quantity, self.stop, self.tp_price, self.tp_quantity)  # fmt: skip
+
+    def decisions(
+        self, symbols: list[str], signals: Mapping[str, Signal], considered: int, mode: Mode, risk: RiskLimits
+    ) -> Decisions:
+        from tasks.strategy import kernel as k
+
+        out = Decisions()
+        for i, symbol in enumerate(symbols):
+            if self.close_code[i]:
+                out.closes[symbol] = (
+                    "signal turned" if self.close_code[i] == k.CLOSE_TURNED else "signal flat"
+                )
+            elif np.isfinite(self.stop_move[i]):
+                out.stop_moves[symbol] = float(self.stop_move[i])
+        for j in range(considered):
+            i = int(self.candidate[j])
+            symbol, code = symbols[i], int(self.outcome[j])
+            if code > 0:
+                out.vetoes.append((symbol, veto_reason(code, self.detail[j], mode, risk)))
                 continue
-            event = self.want(signal)
-            turned = (event == 1.0 and held.side == "short") or (event == -1.0 and held.side == "long")
-            if turned or (self.close_on_flat and event == 0.0):
-                out.closes[symbol] = "signal turned" if turned else "signal flat"
+            if code < 0:
                 continue
-            wanted = self.exits.moved_stop(held.side, held.entry, held.stop, held.initial_stop, held.best)
-            moved = round_price(symbol, wanted)
-            if moved != held.stop and (moved > held.stop if held.side == "long" else moved < held.stop):
-                out.stop_moves[symbol] = moved
-        candidates = [s for s in signals if s.symbol not in book.positions and self.want(s) in (1.0, -1.0)]
-        candidates.sort(key=lambda s: (-s.net_edge, s.symbol))
-        mode = self.risk.mode(book)
-        scale = self.risk.risk_scale(mode)
-        payoff = payoff_ratio(book.r_multiples)
-        taken: list[Entry] = []
-        for signal in candidates[: self.top_k]:
-            side: Side = "long" if self.want(signal) == 1.0 else "short"
-            if side == "short" and not self.policy.allow_short:
-                continue
-            distance = self.sizing.stop_distance(signal.price, signal.atr_pct, signal.regime)
-            p_win = signal.p_up if side == "long" else 1 - signal.p_up
-            risk = self.sizing.risk_fraction(p_win, payoff, len(book.r_multiples)) * scale
-            quantity = round_quantity(
-                signal.symbol, self.sizing.quantity(book.equity, signal.price, distance, risk)
+            signal = signals[symbol]
+            legs = tuple(
+                (float(p), float(q))
+                for p, q in zip(self.tp_price[i], self.tp_quantity[i], strict=True)
+                if q > 0
             )
-            notional = quantity * signal.price + sum(e.quantity * e.reference_price for e in taken)
-            reason = self.risk.veto(book, signal.symbol, signal.confidence, notional, signal.bar_time, step)
-            if reason is None and quantity <= 0:
-                reason = "size 0 (Kelly sees no edge, or the stop distance is 0)"
-            if reason is not None:
-                out.vetoes.append((signal.symbol, reason))
-                continue
-            sign = 1.0 if side == "long" else -1.0
-            stop = round_price(signal.symbol, signal.price - sign * distance)
-            legs = self.exits.take_profits(side, signal.price, distance, quantity, signal.confidence)
-            targets = tuple(
-                (round_price(signal.symbol, p), round_quantity(signal.symbol, q)) for p, q in legs
-            )
-            taken.append(
-                Entry(signal.symbol, side, quantity, stop, tuple(t for t in targets if t[1] > 0),
-                      signal.bar_time, signal.price, signal.p_up)
-            )  # fmt: skip
-        out.entries = taken
+            side: Side = "long" if self.sign[i] > 0 else "short"
+            entry = Entry(symbol, side, float(self.quantity[i]), float(self.stop[i]), legs, signal.bar_time,
+                          signal.price, signal.p_up)  # fmt: skip
+            out.entries.append(entry)
         return out
+
+
+def veto_reason(code: int, detail: np.ndarray, mode: Mode, risk: RiskLimits) -> str:
+    """A kernel veto code (with its numbers) in words."""
+    from tasks.strategy import kernel as k
+
+    if code == k.VETO_HALT:
+        return "HALT: drawdown limit reached"
+    if code == k.VETO_CONFIDENCE:
+        return f"confidence {detail[0]:.3f} below {risk.min_confidence}"
+    if code == k.VETO_HELD:
+        return "a position in the symbol is open"
+    if code == k.VETO_COOLDOWN:
+        return f"cooldown: closed {pd.Timestamp(round(detail[0] * 1e6), unit='us', tz='UTC').isoformat()}"
+    if code == k.VETO_POSITIONS:
+        return f"{mode.value}: {int(detail[0])} positions open (max {int(detail[1])})"
+    if code == k.VETO_NO_EQUITY:
+        return "no equity"
+    if code == k.VETO_EXPOSURE:
+        return f"gross exposure {detail[0]:.2f} above {risk.max_gross_exposure}"
+    return "size 0 (Kelly sees no edge, or the stop distance is 0)"

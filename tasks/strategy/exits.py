@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tasks.fills import Side
 
 #: name → ((R multiple, fraction of the position), ...), nearest first.
@@ -42,29 +44,33 @@ class Exits:
 
     def profile(self, confidence: float) -> str:
         """The take-profit profile of a call this confident."""
-        if confidence < self.conservative_below:
-            return "conservative"
-        return "aggressive" if confidence > self.aggressive_above else "balanced"
+        from tasks.strategy.kernel import profile_of
+
+        return ("conservative", "balanced", "aggressive")[profile_of(_parameters(self)[0], confidence)]
 
     def take_profits(
         self, side: Side, entry: float, distance: float, quantity: float, confidence: float
     ) -> list[tuple[float, float]]:
-        """(price, quantity) per take-profit leg, nearest first."""
+        """(price, quantity) per take-profit leg, nearest first (no venue grid)."""
+        from tasks.strategy.kernel import MAX_LEGS, take_profit_legs
+
+        params, _, profiles = _parameters(self)
+        prices, quantities = np.zeros(MAX_LEGS), np.zeros(MAX_LEGS)
         sign = 1.0 if side == "long" else -1.0
-        return [
-            (entry + sign * r * distance, quantity * share) for r, share in PROFILES[self.profile(confidence)]
-        ]
+        legs = take_profit_legs(
+            params, profiles, sign, entry, distance, quantity, confidence, 0.0, 0.0, 0, 0, prices, quantities
+        )
+        return [(float(prices[j]), float(quantities[j])) for j in range(legs)]
 
     def moved_stop(self, side: Side, entry: float, stop: float, initial_stop: float, best: float) -> float:
         """The stop after the best close so far: break-even, then trailing; never looser."""
-        risk = abs(entry - initial_stop)
-        if risk <= 0:
-            return stop
+        from tasks.strategy.kernel import moved_stop
+
         sign = 1.0 if side == "long" else -1.0
-        gained = sign * (best - entry) / risk
-        wanted = stop
-        if self.breakeven_r and gained >= self.breakeven_r:
-            wanted = entry
-        if self.trail_after_r and gained >= self.trail_after_r:
-            wanted = best - sign * self.trail_r * risk
-        return max(stop, wanted) if side == "long" else min(stop, wanted)
+        return float(moved_stop(_parameters(self)[0], sign, entry, stop, initial_stop, best))
+
+
+def _parameters(exits: Exits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from tasks.strategy.engine import Strategy
+
+    return Strategy(exits=exits).parameters

@@ -36,13 +36,16 @@ class Policy:
         self, p_up: np.ndarray, abs_return: np.ndarray | float, cost: np.ndarray | float
     ) -> np.ndarray:
         """Per row: 1 open long, -1 open short, 0 go flat, NaN keep what is held."""
-        edge = (2 * np.asarray(p_up, dtype=np.float64) - 1) * abs_return
-        round_trip = 2 * np.asarray(cost, dtype=np.float64)
-        event = np.full(edge.shape, np.nan)
-        event[np.abs(edge) < self.exit * round_trip] = 0.0
-        event[edge > self.enter * round_trip] = 1.0
-        event[edge < -self.enter * round_trip] = -1.0 if self.allow_short else 0.0
-        return event
+        from tasks.strategy.engine import Strategy
+        from tasks.strategy.kernel import policy_events
+
+        p, scale, per_side = np.broadcast_arrays(
+            np.asarray(p_up, dtype=np.float64), np.asarray(abs_return, dtype=np.float64),
+            np.asarray(cost, dtype=np.float64),
+        )  # fmt: skip
+        params = Strategy(policy=self).parameters[0]
+        flat = policy_events(params, p.ravel().copy(), scale.ravel().copy(), per_side.ravel().copy())
+        return flat.reshape(p.shape)
 
     def positions(
         self, p_up: np.ndarray, abs_return: np.ndarray | float, cost: np.ndarray | float

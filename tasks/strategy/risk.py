@@ -11,7 +11,9 @@ stop with one set of rules, applied in this order to every candidate entry:
 * min confidence, no second position in a symbol, a cooldown after a symbol's exit, max open
   positions, max gross exposure (sum of notional over equity).
 
-Correlation-weighted exposure is not checked yet: the book holds no return history.
+The checks themselves are :func:`tasks.strategy.kernel.decide_bar`'s; this module holds the
+thresholds and the book. Correlation-weighted exposure is not checked yet: the book holds
+no return history.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
 import pandas as pd
 
 from tasks.fills import Side
@@ -89,13 +92,6 @@ class Book:
             streak += 1
         return streak
 
-    def gross_exposure(self) -> float:
-        """Sum of the positions' notional over equity."""
-        if self.equity <= 0:
-            return float("inf")
-        total = sum(h.notional(self.prices.get(s, h.entry)) for s, h in self.positions.items())
-        return total / self.equity
-
 
 @dataclass(frozen=True)
 class RiskLimits:
@@ -116,59 +112,27 @@ class RiskLimits:
 
     def mode(self, book: Book) -> Mode:
         """The book's mode now."""
-        if book.day_start_equity > 0 and book.equity <= book.day_start_equity * (1 - self.daily_drawdown):
-            return Mode.HALT
-        if book.peak_equity > 0 and book.equity <= book.peak_equity * (1 - self.halt_drawdown):
-            return Mode.HALT
-        if book.losing_streak >= self.critical_after_losses:
-            return Mode.CRITICAL
-        if book.losing_streak >= self.defensive_after_losses:
-            return Mode.DEFENSIVE
-        return Mode.NORMAL
+        from tasks.strategy.kernel import mode_of
+
+        params = _parameters(self)
+        return list(Mode)[
+            mode_of(params, book.equity, book.peak_equity, book.day_start_equity, book.losing_streak)
+        ]
 
     def risk_scale(self, mode: Mode) -> float:
         """How much of the normal risk per trade the mode allows."""
-        return {
-            Mode.NORMAL: 1.0,
-            Mode.DEFENSIVE: self.defensive_risk_scale,
-            Mode.CRITICAL: self.critical_risk_scale,
-            Mode.HALT: 0.0,
-        }[mode]
+        from tasks.strategy.kernel import risk_scale
+
+        return float(risk_scale(_parameters(self), list(Mode).index(mode)))
 
     def max_positions(self, mode: Mode) -> int:
         """Open positions the mode allows."""
-        return {
-            Mode.NORMAL: self.max_open_positions,
-            Mode.DEFENSIVE: min(self.max_open_positions, self.defensive_max_positions),
-            Mode.CRITICAL: min(self.max_open_positions, self.critical_max_positions),
-            Mode.HALT: 0,
-        }[mode]
+        from tasks.strategy.kernel import max_positions
 
-    def veto(
-        self,
-        book: Book,
-        symbol: str,
-        confidence: float,
-        notional: float,
-        bar_time: pd.Timestamp,
-        step: pd.Timedelta,
-    ) -> str | None:
-        """Why an entry may not be taken now, or None when it may."""
-        mode = self.mode(book)
-        if mode is Mode.HALT:
-            return "HALT: drawdown limit reached"
-        if confidence < self.min_confidence:
-            return f"confidence {confidence:.3f} below {self.min_confidence}"
-        if symbol in book.positions:
-            return "a position in the symbol is open"
-        last = book.last_exit.get(symbol)
-        if last is not None and bar_time - last < self.cooldown_bars * step:
-            return f"cooldown: closed {last.isoformat()}"
-        if len(book.positions) >= self.max_positions(mode):
-            return f"{mode.value}: {len(book.positions)} positions open (max {self.max_positions(mode)})"
-        if book.equity <= 0:
-            return "no equity"
-        exposure = book.gross_exposure() + notional / book.equity
-        if exposure > self.max_gross_exposure + 1e-12:
-            return f"gross exposure {exposure:.2f} above {self.max_gross_exposure}"
-        return None
+        return int(max_positions(_parameters(self), list(Mode).index(mode)))
+
+
+def _parameters(risk: RiskLimits) -> np.ndarray:
+    from tasks.strategy.engine import Strategy
+
+    return Strategy(risk=risk).parameters[0]

@@ -14,20 +14,23 @@ Per bar t of the timeline, in the order the live flow meets them:
 Quantities and prices go through the venue's grids (``rules``) exactly as the broker
 rounds them, so replaying the same candles through the live loop with the paper broker
 gives the same trades; :func:`summary` turns the result into the evaluation's figures.
+The loop itself is compiled (:func:`tasks.strategy.loop.run`) and decides each bar with
+:func:`tasks.strategy.kernel.decide_bar`, the function the live flow's
+:meth:`~tasks.strategy.engine.Strategy.decide` calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
-from tasks.fills import Bar, ExitLeg, closing_side, fee, market_fill_price, triggered_exits
-from tasks.strategy.engine import Decisions, Signal, Strategy
-from tasks.strategy.risk import Book, Held
+from tasks.fills import Bar
+from tasks.strategy.engine import Grids, Signal, Strategy
+from tasks.strategy.risk import Held, Mode, RiskLimits
 
 _FUNDING_EVERY = pd.Timedelta(hours=8)
 
@@ -76,45 +79,66 @@ class Trade:
         return self.net / self.risk if self.risk > 0 else 0.0
 
 
-@dataclass
-class _Open:
-    held: Held
-    legs: list[ExitLeg]
-    realised: float = 0.0
-    fees: float = 0.0
-    funding: float = 0.0
-    funded_until: pd.Timestamp | None = None
-    exits: list[str] = field(default_factory=list)
-    opened_quantity: float = 0.0
-
-
-@dataclass
 class Simulation:
-    """The backtest's answer: closed trades, the equity at every close, vetoes, what is still open."""
+    """The backtest's answer: closed trades, the equity at every close, vetoes, what is still open.
 
-    trades: list[Trade]
-    equity: pd.Series
-    vetoes: list[tuple[pd.Timestamp, str, str]]
-    open_positions: dict[str, Held]
-    fees: float
-    funding: float
+    The kernel's arrays are kept; :attr:`trades` and :attr:`vetoes` are read from them when asked.
+    """
 
+    def __init__(self, symbols: list[str], times: pd.DatetimeIndex, answer: tuple, risk: RiskLimits) -> None:  # type: ignore[type-arg]
+        equity, self._trade_f, self._trade_i, self._vetoes, book, money = answer
+        self.symbols, self.times, self._risk = symbols, times, risk
+        self.equity = pd.Series(equity, index=times, dtype=np.float64)
+        self.fees, self.funding = float(money[1]), float(money[2])
+        side, pos, tp_price, tp_quantity, opened = book
+        self.open_positions: dict[str, Held] = {}
+        for i in np.flatnonzero(side):
+            legs = [(float(p), float(q)) for p, q in zip(tp_price[i], tp_quantity[i], strict=True) if q > 0]
+            quantity, entry, stop, initial_stop, best = (float(v) for v in pos[i, :5])
+            since = pd.Timestamp(int(opened[i, 0]), tz="UTC")
+            direction = "long" if side[i] > 0 else "short"
+            held = Held(symbols[i], direction, quantity, entry, stop, initial_stop, best, since, legs)  # type: ignore[arg-type]
+            self.open_positions[symbols[i]] = held
 
-class Rules:
-    """The venue's grids as float functions (quantities down to the step, prices to the tick)."""
+    @property
+    def r_multiples(self) -> np.ndarray:
+        """Each closed trade's net P&L over its risk (0 where the risk is 0)."""
+        from tasks.strategy.loop import T_FEES, T_FUNDING, T_REALISED, T_RISK
 
-    def __init__(self, rules: Mapping[str, object] | None) -> None:
-        self.rules = dict(rules or {})
+        f = self._trade_f
+        net = f[:, T_REALISED] + f[:, T_FUNDING] - f[:, T_FEES]
+        risk = f[:, T_RISK]
+        return np.divide(net, risk, out=np.zeros(len(f)), where=risk > 0)
 
-    def quantity(self, symbol: str, value: float) -> float:
-        """``value`` rounded down to the symbol's step (as the broker does)."""
-        rule = self.rules.get(symbol)
-        return float(rule.round_quantity(Decimal(str(value)))) if rule is not None else value  # type: ignore[attr-defined]
+    @cached_property
+    def trades(self) -> list[Trade]:
+        """The closed positions, in the journal's order: by closing bar, then by opening."""
+        from tasks.strategy import kernel, loop
 
-    def price(self, symbol: str, value: float) -> float:
-        """``value`` rounded to the symbol's tick."""
-        rule = self.rules.get(symbol)
-        return float(rule.round_price(Decimal(str(value)))) if rule is not None else value  # type: ignore[attr-defined]
+        names = {kernel.LEG_CLOSE: "close", kernel.LEG_STOP: "stop"}
+        names |= {kernel.LEG_TP + j: f"tp{j + 1}" for j in range(kernel.MAX_LEGS)}
+        out = []
+        order = np.lexsort((self._trade_i[:, loop.T_OPENED_AS], self._trade_i[:, loop.T_EXIT_TIME]))
+        for f, i in zip(self._trade_f[order].tolist(), self._trade_i[order].tolist(), strict=True):
+            out.append(
+                Trade(self.symbols[i[loop.T_SYMBOL]], "long" if f[loop.T_SIDE] > 0 else "short",
+                      f[loop.T_QTY],
+                      pd.Timestamp(i[loop.T_ENTRY_TIME], tz="UTC"), f[loop.T_ENTRY],
+                      pd.Timestamp(i[loop.T_EXIT_TIME], tz="UTC"), f[loop.T_REALISED], f[loop.T_FEES],
+                      f[loop.T_FUNDING], f[loop.T_RISK], [names[c] for c in i[loop.T_LEGS:] if c])
+            )  # fmt: skip
+        return out
+
+    @cached_property
+    def vetoes(self) -> list[tuple[pd.Timestamp, str, str]]:
+        """(bar, symbol, reason) of every entry the risk engine refused."""
+        from tasks.strategy.engine import veto_reason
+
+        out = []
+        for bar, symbol, code, *detail in self._vetoes.tolist():
+            reason = veto_reason(int(code), np.array(detail), Mode.NORMAL, self._risk)
+            out.append((self.times[int(bar)], self.symbols[int(symbol)], reason))
+        return out
 
 
 def signals_at(rows: pd.DataFrame, abs_return: Mapping[str, float], cost: float) -> list[Signal]:
@@ -152,144 +176,43 @@ def simulate(
 ) -> Simulation:
     """Run ``strategy`` over ``frame`` (one row per symbol and bar: OHLC, ``p_up``, ``atr_pct``, ``regime``).
 
-    ``cost`` is the per-side cost the policy weighs edges against; ``venue`` what fills cost.
+    ``cost`` is the per-side cost the policy weighs edges against; ``venue`` what fills cost;
+    ``rules`` the venue's grids per symbol (the broker's ``SymbolRules``).
     ``then``: the rows of the bar after the last: what the last close decided fills at its
     open (as the live loop fills it), and nothing else of it is simulated.
     """
-    grid = Rules(rules)
-    book = Book(venue.cash, venue.cash, venue.cash)
-    state = _State(book, venue, grid)
-    vetoes: list[tuple[pd.Timestamp, str, str]] = []
-    pending = Decisions()
-    for when, rows in frame.sort_values(["open_time", "symbol"]).groupby("open_time", sort=True):
-        bar_time = pd.Timestamp(str(when))
-        bars = bars_of(rows)
-        state.execute(pending, bars, bar_time)
-        state.exits(bars, bar_time)
-        state.fund(bars, bar_time, step)
-        state.mark(bars, bar_time)
-        pending = strategy.decide(book, signals_at(rows, abs_return, cost), step, grid.quantity, grid.price)
-        vetoes += [(bar_time, s, reason) for s, reason in pending.vetoes]
+    from tasks.strategy.loop import run
+
+    symbols = sorted(frame["symbol"].astype(str).unique())
+    times = pd.DatetimeIndex(frame["open_time"].drop_duplicates().sort_values())
+    column = pd.Index(symbols).get_indexer(pd.Index(frame["symbol"].astype(str)))
+    row = times.get_indexer(pd.Index(frame["open_time"]))
+    shape = (len(times), len(symbols))
+    has_bar = np.zeros(shape, np.bool_)
+    has_bar[row, column] = True
+    grid = {}
+    for name in ("open", "high", "low", "close", "p_up", "atr_pct", "regime"):
+        values = np.full(shape, np.nan)
+        if name in frame:
+            values[row, column] = frame[name].to_numpy(dtype=np.float64)
+        grid[name] = values
+    typical = float(np.mean(list(abs_return.values()))) if abs_return else 0.0
+    edge_scale = np.array([float(abs_return.get(s, typical)) for s in symbols])
+    then_open, then_has, then_time = np.full(len(symbols), np.nan), np.zeros(len(symbols), np.bool_), 0
     if then is not None and len(then):
-        state.execute(pending, bars_of(then), pd.Timestamp(str(then["open_time"].iloc[0])))
-    equity = pd.Series(dict(state.equity_at), dtype=np.float64)
-    return Simulation(state.trades, equity, vetoes, {s: o.held for s, o in state.open.items()},
-                      state.fees_paid, state.funding_paid)  # fmt: skip
-
-
-class _State:
-    """The simulated account: open positions with their legs, cash flows, the book."""
-
-    def __init__(self, book: Book, venue: Venue, grid: Rules) -> None:
-        self.book, self.venue, self.grid = book, venue, grid
-        self.open: dict[str, _Open] = {}
-        self.trades: list[Trade] = []
-        self.cash = venue.cash  # start + realised + funding - fees
-        self.equity_at: list[tuple[pd.Timestamp, float]] = []
-        self.fees_paid = self.funding_paid = 0.0
-
-    def execute(self, decisions: Decisions, bars: Mapping[str, Bar], at: pd.Timestamp) -> None:
-        """Closes, stop moves and entries decided at the last close, at this bar's open."""
-        for symbol in decisions.closes:
-            if symbol in self.open and symbol in bars:
-                held = self.open[symbol].held
-                price = market_fill_price(bars[symbol].open, closing_side(held.side), self.venue.slippage_bps)
-                self._fill(symbol, held.quantity, price, at, "close")
-        for symbol, stop in decisions.stop_moves.items():
-            if symbol in self.open:
-                position = self.open[symbol]
-                position.held.stop = stop
-                position.legs = [ExitLeg("stop", stop, leg.quantity, leg.name) if leg.kind == "stop" else leg
-                                 for leg in position.legs]  # fmt: skip
-        for entry in decisions.entries:
-            if entry.symbol not in bars or entry.symbol in self.open:
-                continue
-            price = market_fill_price(
-                bars[entry.symbol].open, "buy" if entry.side == "long" else "sell", self.venue.slippage_bps
-            )
-            paid = fee(entry.quantity * price, self.venue.fee_bps)
-            held = Held(entry.symbol, entry.side, entry.quantity, price, entry.stop, entry.stop, price, at,
-                        list(entry.take_profits))  # fmt: skip
-            legs = [ExitLeg("stop", entry.stop, entry.quantity, "stop")]
-            legs += [ExitLeg("take_profit", p, q, f"tp{i}") for i, (p, q) in enumerate(entry.take_profits, 1)]
-            self.open[entry.symbol] = _Open(held, legs, fees=paid, opened_quantity=entry.quantity)
-            self.cash -= paid
-            self.fees_paid += paid
-            self.book.positions[entry.symbol] = held
-
-    def exits(self, bars: Mapping[str, Bar], at: pd.Timestamp) -> None:
-        """Stops and take-profits the bar triggers."""
-        for symbol in list(self.open):
-            if symbol not in bars:
-                continue
-            position = self.open[symbol]
-            held = position.held
-            for done in triggered_exits(
-                held.side, held.quantity, position.legs, bars[symbol], self.venue.slippage_bps
-            ):
-                self._fill(symbol, min(done.quantity, held.quantity), done.price, at, done.leg.name)
-                if symbol not in self.open:
-                    break
-                position.legs = [leg for leg in position.legs if leg is not done.leg]
-
-    def fund(self, bars: Mapping[str, Bar], at: pd.Timestamp, step: pd.Timedelta) -> None:
-        """Funding at each 8-hour mark in (at, at + step] for positions opened before it."""
-        if not self.venue.funding_bps_8h:
-            return
-        rate = self.venue.funding_bps_8h / 1e4
-        for symbol, position in self.open.items():
-            if symbol not in bars:
-                continue
-            since = position.funded_until or position.held.opened
-            instant, due = (at + step).floor(_FUNDING_EVERY), 0
-            while instant > max(at, since):
-                due += 1
-                instant -= _FUNDING_EVERY
-            if due:
-                sign = -1.0 if position.held.side == "long" else 1.0
-                paid = sign * position.held.quantity * bars[symbol].close * rate * due
-                position.funding += paid
-                self.cash += paid
-                self.funding_paid -= paid
-                position.funded_until = (at + step).floor(_FUNDING_EVERY)
-
-    def mark(self, bars: Mapping[str, Bar], at: pd.Timestamp) -> None:
-        """The book at this bar's close: prices, best closes, equity, peak, the day's start."""
-        book = self.book
-        for symbol, bar in bars.items():
-            book.prices[symbol] = bar.close
-            held = book.positions.get(symbol)
-            if held is not None:
-                held.best = max(held.best, bar.close) if held.side == "long" else min(held.best, bar.close)
-        unrealised = sum(h.unrealised(book.prices.get(s, h.entry)) for s, h in book.positions.items())
-        book.equity = self.cash + unrealised
-        earlier = [e for t, e in self.equity_at if t < at.normalize()]
-        book.day_start_equity = earlier[-1] if earlier else self.venue.cash
-        self.equity_at.append((at, book.equity))
-        book.peak_equity = max(book.peak_equity, book.equity)
-
-    def _fill(self, symbol: str, quantity: float, price: float, at: pd.Timestamp, leg: str) -> None:
-        position = self.open[symbol]
-        held = position.held
-        sign = 1.0 if held.side == "long" else -1.0
-        paid = fee(quantity * price, self.venue.fee_bps)
-        pnl = sign * (price - held.entry) * quantity
-        position.realised += pnl
-        position.fees += paid
-        position.exits.append(leg)
-        self.cash += pnl - paid
-        self.fees_paid += paid
-        held.quantity -= quantity
-        if held.quantity > 1e-12:
-            return
-        risk = abs(held.entry - held.initial_stop) * position.opened_quantity
-        trade = Trade(symbol, held.side, position.opened_quantity, held.opened, held.entry, at,
-                      position.realised, position.fees, position.funding, risk, position.exits)  # fmt: skip
-        self.trades.append(trade)
-        self.book.r_multiples.append(trade.r_multiple)
-        self.book.last_exit[symbol] = at
-        del self.open[symbol]
-        del self.book.positions[symbol]
+        where = pd.Index(symbols).get_indexer(pd.Index(then["symbol"].astype(str)))
+        known = where >= 0
+        then_open[where[known]] = then["open"].to_numpy(dtype=np.float64)[known]
+        then_has[where[known]] = True
+        then_time = pd.Timestamp(str(then["open_time"].iloc[0])).value
+    params, atr_table, profiles = strategy.parameters
+    answer = run(
+        params, atr_table, profiles, times.as_unit("ns").asi8, step.value,
+        grid["open"], grid["high"], grid["low"], grid["close"], has_bar, grid["p_up"], grid["atr_pct"],
+        grid["regime"], edge_scale, np.full(len(symbols), float(cost)), *Grids(rules).of(symbols),
+        venue.fee_bps, venue.slippage_bps, venue.funding_bps_8h, venue.cash, then_open, then_has, then_time,
+    )  # fmt: skip
+    return Simulation(symbols, times, answer, strategy.risk)
 
 
 def summary(simulation: Simulation, step: pd.Timedelta) -> dict[str, float]:
@@ -301,12 +224,12 @@ def summary(simulation: Simulation, step: pd.Timedelta) -> dict[str, float]:
     returns = equity.pct_change().fillna(equity.iloc[0] / start - 1)
     sd = returns.std(ddof=1)
     bars_per_year = pd.Timedelta(days=365.25) / step
-    r = np.array([t.r_multiple for t in simulation.trades])
+    r = simulation.r_multiples
     return {
         "sharpe": float(returns.mean() / sd * np.sqrt(bars_per_year)) if sd > 0 else 0.0,
         "total_return": float(equity.iloc[-1] / start - 1),
         "max_drawdown": float((equity / equity.cummax() - 1).min()),
-        "trades": float(len(simulation.trades)),
+        "trades": float(len(r)),
         "win_rate": float((r > 0).mean()) if len(r) else 0.0,
         "mean_r": float(r.mean()) if len(r) else 0.0,
         "fees_paid": float(simulation.fees),

@@ -43,31 +43,34 @@ class Sizing:
     max_position_fraction: float = 0.25
     leverage: float = 1.0
 
-    def atr_multiple(self, regime: float | None) -> float:
-        """The regime's ATR multiple (CHOPPY's when the regime is unknown)."""
-        table = dict(self.atr_multiples)
-        if regime is None or not np.isfinite(regime):
-            return table[Regime.CHOPPY]
-        return table.get(int(regime), table[Regime.CHOPPY])
-
     def stop_distance(self, price: float, atr_pct: float, regime: float | None) -> float:
         """How far below (long) or above (short) the entry the stop sits, in price."""
-        return price * max(float(atr_pct), 0.0) * self.atr_multiple(regime)
+        from tasks.strategy.kernel import stop_distance
+
+        params, atr_table, _ = _parameters(self)
+        return float(
+            stop_distance(params, atr_table, price, atr_pct, np.nan if regime is None else float(regime))
+        )
 
     def risk_fraction(self, p_win: float, payoff: float | None, closed_trades: int) -> float:
         """The share of equity this trade may lose at its stop."""
-        if closed_trades < self.kelly_after or payoff is None or payoff <= 0:
-            return self.risk_per_trade
-        kelly = p_win - (1.0 - p_win) / payoff
-        return float(np.clip(kelly * self.kelly_fraction, 0.0, self.kelly_cap))
+        from tasks.strategy.kernel import risk_fraction
+
+        return float(
+            risk_fraction(_parameters(self)[0], p_win, np.nan if payoff is None else payoff, closed_trades)
+        )
 
     def quantity(self, equity: float, price: float, distance: float, risk: float) -> float:
         """Base quantity that loses ``risk`` of ``equity`` at the stop, within the notional cap."""
-        if distance <= 0 or price <= 0 or equity <= 0 or risk <= 0:
-            return 0.0
-        by_risk = equity * risk / distance
-        cap = equity * self.max_position_fraction * self.leverage / price
-        return float(min(by_risk, cap))
+        from tasks.strategy.kernel import quantity_for
+
+        return float(quantity_for(_parameters(self)[0], equity, price, distance, risk))
+
+
+def _parameters(sizing: Sizing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from tasks.strategy.engine import Strategy
+
+    return Strategy(sizing=sizing).parameters
 
 
 def payoff_ratio(r_multiples: list[float]) -> float | None:
@@ -76,4 +79,4 @@ def payoff_ratio(r_multiples: list[float]) -> float | None:
     losses = [-r for r in r_multiples if r < 0]
     if not wins or not losses:
         return None
-    return float(np.mean(wins) / np.mean(losses))
+    return (sum(wins) / len(wins)) / (sum(losses) / len(losses))  # summed in order, as the backtest does

@@ -1,0 +1,315 @@
+"""The strategy's arithmetic compiled with numba: one bar's decision, and the backtest's loop around it.
+
+:meth:`tasks.strategy.engine.Strategy.decide` (the live flow's caller) and
+:func:`tasks.strategy.simulate.simulate` (the backtest's) both run :func:`decide_bar`, so
+there is one copy of the rules that turn P(up) into orders. Everything is plain arrays:
+
+* ``params``: the strategy's parameters (indices below), ``atr_table`` the ATR multiple per
+  regime code, ``profiles`` the take-profit plans ``[profile, leg, (R, share)]``;
+* the book per symbol (symbols sorted by name): ``side`` (+1 long, -1 short, 0 flat),
+  quantity, entry, stop, initial stop, best close, last exit time (ns, :data:`NO_TIME`), the
+  bar's close (NaN unknown);
+* the venue's grids per symbol: tick and step sizes (0: none) and their decimals.
+
+Veto codes are numbers here; :mod:`tasks.strategy.engine` words them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+NO_TIME = np.iinfo(np.int64).min
+
+# Parameter indices of params (Strategy.parameters builds it).
+ENTER, EXIT, ALLOW_SHORT = 0, 1, 2
+RISK_PER_TRADE, KELLY_FRACTION, KELLY_AFTER, KELLY_CAP, MAX_POSITION_FRACTION, LEVERAGE = 3, 4, 5, 6, 7, 8
+MIN_CONFIDENCE, MAX_OPEN, MAX_GROSS, COOLDOWN_BARS, DAILY_DRAWDOWN, HALT_DRAWDOWN = 9, 10, 11, 12, 13, 14
+DEFENSIVE_AFTER, CRITICAL_AFTER, DEFENSIVE_SCALE, CRITICAL_SCALE = 15, 16, 17, 18
+DEFENSIVE_MAX, CRITICAL_MAX = 19, 20
+CONSERVATIVE_BELOW, AGGRESSIVE_ABOVE, BREAKEVEN_R, TRAIL_AFTER_R, TRAIL_R = 21, 22, 23, 24, 25
+TOP_K, CLOSE_ON_FLAT, CHOPPY = 26, 27, 28
+N_PARAMETERS = 29
+
+# Modes (risk.Mode in this order).
+NORMAL, DEFENSIVE, CRITICAL, HALT = 0, 1, 2, 3
+
+# Candidate outcomes: 0 entered, -1 skipped (a short where shorting is off), else a veto.
+VETO_HALT, VETO_CONFIDENCE, VETO_HELD, VETO_COOLDOWN, VETO_POSITIONS = 1, 2, 3, 4, 5
+VETO_NO_EQUITY, VETO_EXPOSURE, VETO_SIZE = 6, 7, 8
+
+# Close reasons.
+CLOSE_TURNED, CLOSE_FLAT = 1, 2
+
+# Exit leg codes of a trade's exits (0: none).
+LEG_CLOSE, LEG_STOP, LEG_TP = 1, 2, 3  # take-profit k (0-based) is LEG_TP + k
+MAX_LEGS = 3
+_EPS = 1e-9
+
+
+@njit(cache=True)
+def policy_event(params: np.ndarray, p_up: float, edge_scale: float, cost: float) -> float:
+    """1 open long, -1 open short, 0 go flat, NaN keep what is held (the rule :class:`.Policy` documents)."""
+    edge = (2.0 * p_up - 1.0) * edge_scale
+    round_trip = 2.0 * cost
+    event = np.nan
+    if abs(edge) < params[EXIT] * round_trip:
+        event = 0.0
+    if edge > params[ENTER] * round_trip:
+        event = 1.0
+    if edge < -params[ENTER] * round_trip:
+        event = -1.0 if params[ALLOW_SHORT] > 0 else 0.0
+    return event
+
+
+@njit(cache=True)
+def policy_events(
+    params: np.ndarray, p_up: np.ndarray, edge_scale: np.ndarray, cost: np.ndarray
+) -> np.ndarray:
+    """:func:`policy_event` of each row (flat arrays of one length)."""
+    out = np.empty(len(p_up))
+    for i in range(len(p_up)):
+        out[i] = policy_event(params, p_up[i], edge_scale[i], cost[i])
+    return out
+
+
+@njit(cache=True)
+def round_down(value: float, step: float, digits: int) -> float:
+    """``value`` rounded down to the step grid (as the broker rounds a quantity); step 0: unchanged."""
+    if step <= 0:
+        return value
+    return round(np.floor(value / step + _EPS) * step, digits)
+
+
+@njit(cache=True)
+def round_nearest(value: float, tick: float, digits: int) -> float:
+    """``value`` on the nearest tick, halves up (as the broker rounds a price); tick 0: unchanged."""
+    if tick <= 0:
+        return value
+    return round(np.floor(value / tick + 0.5 + _EPS) * tick, digits)
+
+
+@njit(cache=True)
+def stop_distance(
+    params: np.ndarray, atr_table: np.ndarray, price: float, atr_pct: float, regime: float
+) -> float:
+    """How far from the entry the stop sits: ATR × the regime's multiple (CHOPPY's when unknown)."""
+    multiple = atr_table[int(params[CHOPPY])]
+    if np.isfinite(regime) and 0 <= int(regime) < len(atr_table) and np.isfinite(atr_table[int(regime)]):
+        multiple = atr_table[int(regime)]
+    if not atr_pct > 0:
+        return 0.0
+    return price * atr_pct * multiple
+
+
+@njit(cache=True)
+def risk_fraction(params: np.ndarray, p_win: float, payoff: float, closed_trades: int) -> float:
+    """The share of equity a trade may lose at its stop: fixed, then fractional Kelly (capped)."""
+    if closed_trades < params[KELLY_AFTER] or not payoff > 0:
+        return params[RISK_PER_TRADE]
+    kelly = p_win - (1.0 - p_win) / payoff
+    return min(max(kelly * params[KELLY_FRACTION], 0.0), params[KELLY_CAP])
+
+
+@njit(cache=True)
+def quantity_for(params: np.ndarray, equity: float, price: float, distance: float, risk: float) -> float:
+    """Base quantity that loses ``risk`` of ``equity`` at the stop, within the notional cap."""
+    if not (distance > 0 and price > 0 and equity > 0 and risk > 0):
+        return 0.0
+    return min(equity * risk / distance, equity * params[MAX_POSITION_FRACTION] * params[LEVERAGE] / price)
+
+
+@njit(cache=True)
+def profile_of(params: np.ndarray, confidence: float) -> int:
+    """0 conservative, 1 balanced, 2 aggressive: the take-profit plan of a call this confident."""
+    if confidence < params[CONSERVATIVE_BELOW]:
+        return 0
+    return 2 if confidence > params[AGGRESSIVE_ABOVE] else 1
+
+
+@njit(cache=True)
+def take_profit_legs(
+    params, profiles, sign, entry, distance, size, confidence, tick, lot, tick_digits, lot_digits,
+    out_price, out_quantity,
+):  # fmt: skip
+    """The take-profit legs of an entry at R multiples of its stop distance, on the venue's grids.
+
+    The plan follows the confidence (:func:`profile_of`); legs whose share rounds to nothing
+    are dropped and the rest packed to the front (slot j is ``tp{j+1}``), absent slots NaN.
+    """
+    plan = profile_of(params, confidence)
+    legs = 0
+    for leg in range(MAX_LEGS):
+        out_price[leg] = np.nan
+        out_quantity[leg] = 0.0
+    for leg in range(MAX_LEGS):
+        r, share = profiles[plan, leg, 0], profiles[plan, leg, 1]
+        leg_quantity = round_down(size * share, lot, lot_digits)
+        if share > 0 and leg_quantity > 0:
+            out_price[legs] = round_nearest(entry + sign * r * distance, tick, tick_digits)
+            out_quantity[legs] = leg_quantity
+            legs += 1
+    return legs
+
+
+@njit(cache=True)
+def moved_stop(
+    params: np.ndarray, sign: float, entry: float, stop: float, initial_stop: float, best: float
+) -> float:
+    """The stop after the best close so far: break-even, then trailing; never looser."""
+    risk = abs(entry - initial_stop)
+    if risk <= 0:
+        return stop
+    gained = sign * (best - entry) / risk
+    wanted = stop
+    if params[BREAKEVEN_R] > 0 and gained >= params[BREAKEVEN_R]:
+        wanted = entry
+    if params[TRAIL_AFTER_R] > 0 and gained >= params[TRAIL_AFTER_R]:
+        wanted = best - sign * params[TRAIL_R] * risk
+    return max(stop, wanted) if sign > 0 else min(stop, wanted)
+
+
+@njit(cache=True)
+def mode_of(params: np.ndarray, equity: float, peak: float, day_start: float, losing_streak: int) -> int:
+    """HALT on the day's or the peak's drawdown limit, CRITICAL / DEFENSIVE on a losing streak."""
+    if day_start > 0 and equity <= day_start * (1 - params[DAILY_DRAWDOWN]):
+        return HALT
+    if peak > 0 and equity <= peak * (1 - params[HALT_DRAWDOWN]):
+        return HALT
+    if losing_streak >= params[CRITICAL_AFTER]:
+        return CRITICAL
+    if losing_streak >= params[DEFENSIVE_AFTER]:
+        return DEFENSIVE
+    return NORMAL
+
+
+@njit(cache=True)
+def risk_scale(params: np.ndarray, mode: int) -> float:
+    """How much of the normal risk per trade the mode allows."""
+    if mode == NORMAL:
+        return 1.0
+    if mode == DEFENSIVE:
+        return params[DEFENSIVE_SCALE]
+    return params[CRITICAL_SCALE] if mode == CRITICAL else 0.0
+
+
+@njit(cache=True)
+def max_positions(params: np.ndarray, mode: int) -> int:
+    """Open positions the mode allows."""
+    if mode == NORMAL:
+        return int(params[MAX_OPEN])
+    if mode == DEFENSIVE:
+        return int(min(params[MAX_OPEN], params[DEFENSIVE_MAX]))
+    return int(min(params[MAX_OPEN], params[CRITICAL_MAX])) if mode == CRITICAL else 0
+
+
+@njit(cache=True)
+def gross_exposure(
+    side: np.ndarray, quantity: np.ndarray, entry: np.ndarray, price: np.ndarray, equity: float
+) -> float:
+    """Sum of the open positions' notional (at the bar's close, else the entry) over equity."""
+    if equity <= 0:
+        return np.inf
+    total = 0.0
+    for i in range(len(side)):
+        if side[i] != 0:
+            total += quantity[i] * (entry[i] if np.isnan(price[i]) else price[i])
+    return total / equity
+
+
+@njit(cache=True)
+def decide_bar(
+    params, atr_table, profiles,
+    equity, peak, day_start, closed_trades, losing_streak, payoff,
+    side, quantity, entry, stop, initial_stop, best, last_exit, price,
+    has_signal, p_up, close, atr_pct, regime, edge_scale, cost, bar_time, step,
+    tick, lot, tick_digits, lot_digits,
+    close_code, stop_move, candidate, outcome, detail, entry_sign, entry_quantity, entry_stop,
+    tp_price, tp_quantity,
+):  # fmt: skip
+    """One bar's decision for every symbol; returns (candidates considered, mode).
+
+    Held positions with a signal: close when the policy turned (or went flat with
+    ``CLOSE_ON_FLAT``), else move the stop (break-even, trailing) when it tightens. Flat
+    symbols the policy wants in: best net edge first (ties by symbol), at most ``TOP_K``
+    considered; each is sized (ATR stop, risk per trade or Kelly, scaled by the mode), put
+    on the venue's grids and risk-checked. ``candidate[k]`` is the k-th considered symbol,
+    ``outcome[k]`` what became of it (0 entered), ``detail[k]`` the veto's numbers; an entry's
+    side, size, stop and take-profit legs are at its symbol's row of ``entry_*`` / ``tp_*``.
+    """
+    n = len(side)
+    held_count = 0
+    for i in range(n):
+        close_code[i] = 0
+        stop_move[i] = np.nan
+        if side[i] != 0:
+            held_count += 1
+    wanted = np.full(n, np.nan)
+    for i in range(n):
+        if has_signal[i]:
+            wanted[i] = policy_event(params, p_up[i], edge_scale[i], cost[i])
+    for i in range(n):
+        if side[i] == 0 or not has_signal[i]:
+            continue
+        turned = (wanted[i] == 1.0 and side[i] < 0) or (wanted[i] == -1.0 and side[i] > 0)
+        if turned or (params[CLOSE_ON_FLAT] > 0 and wanted[i] == 0.0):
+            close_code[i] = CLOSE_TURNED if turned else CLOSE_FLAT
+            continue
+        sign = float(side[i])
+        moved = round_nearest(
+            moved_stop(params, sign, entry[i], stop[i], initial_stop[i], best[i]), tick[i], tick_digits[i]
+        )
+        if moved != stop[i] and (moved > stop[i] if sign > 0 else moved < stop[i]):
+            stop_move[i] = moved
+    count = 0
+    net_edge = np.full(n, np.inf)
+    for i in range(n):
+        if side[i] == 0 and has_signal[i] and (wanted[i] == 1.0 or wanted[i] == -1.0):
+            net_edge[i] = -(abs(2.0 * p_up[i] - 1.0) * edge_scale[i] - 2.0 * cost[i])
+            count += 1
+    order = np.argsort(net_edge, kind="mergesort")  # best edge first; symbols are sorted: ties by name
+    mode = mode_of(params, equity, peak, day_start, losing_streak)
+    scale = risk_scale(params, mode)
+    limit = max_positions(params, mode)
+    exposure = gross_exposure(side, quantity, entry, price, equity)
+    taken_notional, taken = 0.0, 0
+    considered = min(count, int(params[TOP_K]))
+    for k in range(considered):
+        i = order[k]
+        candidate[k] = i
+        detail[k, 0] = detail[k, 1] = 0.0
+        sign = wanted[i]
+        if sign < 0 and params[ALLOW_SHORT] <= 0:
+            outcome[k] = -1
+            continue
+        distance = stop_distance(params, atr_table, close[i], atr_pct[i], regime[i])
+        p_win = p_up[i] if sign > 0 else 1.0 - p_up[i]
+        risk = risk_fraction(params, p_win, payoff, closed_trades) * scale
+        size = round_down(quantity_for(params, equity, close[i], distance, risk), lot[i], lot_digits[i])
+        confidence = abs(2.0 * p_up[i] - 1.0)
+        code = 0
+        if mode == HALT:
+            code = VETO_HALT
+        elif confidence < params[MIN_CONFIDENCE]:
+            code, detail[k, 0] = VETO_CONFIDENCE, confidence
+        elif last_exit[i] != NO_TIME and bar_time - last_exit[i] < int(params[COOLDOWN_BARS]) * step:
+            code, detail[k, 0] = VETO_COOLDOWN, last_exit[i] / 1e9  # seconds
+        elif held_count + taken >= limit:
+            code, detail[k, 0], detail[k, 1] = VETO_POSITIONS, float(held_count + taken), float(limit)
+        elif equity <= 0:
+            code = VETO_NO_EQUITY
+        elif exposure + (taken_notional + size * close[i]) / equity > params[MAX_GROSS] + 1e-12:
+            code, detail[k, 0] = VETO_EXPOSURE, exposure + (taken_notional + size * close[i]) / equity
+        elif size <= 0:
+            code = VETO_SIZE
+        outcome[k] = code
+        if code != 0:
+            continue
+        taken += 1
+        taken_notional += size * close[i]
+        entry_quantity[i] = size
+        entry_stop[i] = round_nearest(close[i] - sign * distance, tick[i], tick_digits[i])
+        entry_sign[i] = sign
+        take_profit_legs(params, profiles, sign, close[i], distance, size, confidence, tick[i], lot[i],
+                         tick_digits[i], lot_digits[i], tp_price[i], tp_quantity[i])  # fmt: skip
+    return considered, mode
