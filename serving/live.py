@@ -244,21 +244,14 @@ def execute(
     broker: Broker, decisions: Decisions, bar_time: pd.Timestamp, price_of: Callable[[str], Decimal]
 ) -> tuple[int, list[str]]:
     """Closes, stop moves and entries through the broker: (orders placed, errors)."""
-    from serving.brokers.base import OrderRequest, client_order_id
-    from tasks.fills import closing_side
-
     placed, errors = 0, []
     held = {p.symbol: p for p in broker.positions()}
     for symbol, reason in decisions.closes.items():
-        position = held.get(symbol)
-        if position is None:
+        if symbol not in held:
             continue
-        cid = client_order_id(symbol, bar_time, "exit")
-        request = OrderRequest(cid, symbol, closing_side(position.side), "market", position.quantity,
-                               reduce_only=True, leg="exit")  # fmt: skip
         try:
-            broker.place_order(request)
-            placed += 1
+            if broker.close_position(symbol, bar_time, reason) is not None:
+                placed += 1
         except QTError as err:
             errors.append(f"{symbol}: close ({reason}) failed: {err}")
     for symbol, stop in decisions.stop_moves.items():

@@ -144,6 +144,21 @@ def test_a_moved_stop_replaces_the_old_one_and_the_position_stays_protected(venu
     assert [p.quantity for p in venue.broker.positions()] == [venue.held]
 
 
+def test_a_signal_close_flattens_the_position_and_leaves_no_exit_resting(venue: Venue) -> None:
+    """The policy turned: close at market (on spot the exits lock the coins: they go first)."""
+    venue.broker.place_protected(venue.entry())
+    venue.advance()
+    closed = venue.broker.close_position("BTCUSDT", venue.bar_time(), "signal turned")
+    assert closed is not None and closed.client_order_id.endswith("-exit")
+    venue.broker.reconcile()
+    assert venue.broker.positions() == []
+    assert venue.broker.open_orders("BTCUSDT") == []
+    assert venue.broker.close_position("BTCUSDT", venue.bar_time(), "again") is None  # nothing held
+    if venue.exchange is not None:
+        exits = [o for o in venue.exchange.orders(venue.market) if o.client_id.endswith("-exit")]
+        assert len(exits) == 1
+
+
 def test_exits_fill_as_candles_close_until_the_position_is_flat(venue: Venue) -> None:
     venue.broker.place_protected(venue.entry(stop_pct="1"))
     for _ in range(500):

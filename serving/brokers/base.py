@@ -194,6 +194,13 @@ class ReconcileReport:
     unprotected_positions: int = 0
 
 
+def exit_request(position: Position, bar_time: pd.Timestamp, leg: Leg = "exit") -> OrderRequest:
+    """The reduce-only market order that closes ``position`` for the decision of ``bar_time``."""
+    side: OrderSide = "sell" if position.side == "long" else "buy"
+    return OrderRequest(client_order_id(position.symbol, bar_time, leg), position.symbol, side, "market",
+                        position.quantity, reduce_only=True, leg=leg)  # fmt: skip
+
+
 class Broker(Protocol):
     """What the live flow trades through (paper and Binance pass one contract suite)."""
 
@@ -223,6 +230,14 @@ class Broker(Protocol):
 
     def replace_stop(self, symbol: str, stop: Decimal, bar_time: pd.Timestamp) -> Order:
         """Move a position's stop (the new one placed before the old one goes: never unprotected)."""
+        ...
+
+    def close_position(self, symbol: str, bar_time: pd.Timestamp, reason: str) -> Order | None:
+        """Close what is held of ``symbol`` at market for the decision of ``bar_time`` (None: nothing held).
+
+        Its exits go once it is flat; where the venue locks the coins an exit sells (spot),
+        they are cancelled first and re-placed if the close is refused.
+        """
         ...
 
     def reconcile(self) -> ReconcileReport:

@@ -36,6 +36,7 @@ from serving.brokers.base import (
     ReconcileReport,
     SymbolRules,
     client_order_id,
+    exit_request,
 )
 from serving.brokers.binance_api import (
     CONDITIONAL,
@@ -183,6 +184,11 @@ class BinanceBroker(VenueJournal):
         placed += self._protect(entry.symbol, entry.side, entry.bar_time, stop, targets)
         return placed
 
+    def close_position(self, symbol: str, bar_time: pd.Timestamp, reason: str) -> Order | None:
+        """Close ``symbol`` at market; reconcile cancels its exits once it is flat."""
+        held = next((p for p in self.positions() if p.symbol == symbol), None)
+        return None if held is None else self._close_at_market(held, reason, bar_time)
+
     def replace_stop(self, symbol: str, stop: Decimal, bar_time: pd.Timestamp) -> Order:
         """Place the moved stop, then cancel the old one; a stop the venue refuses closes at market."""
         rules = self._rules(symbol)
@@ -327,15 +333,19 @@ class BinanceBroker(VenueJournal):
         algo = self.venue.call(self.client.futures_get_open_orders, conditional=True, symbol=symbol)
         return any(o.get("orderType") == "STOP_MARKET" for o in algo)
 
-    def _close_at_market(self, position: Position, why: str) -> None:
-        """A reduce-only market order for the whole position, journalled like any order."""
-        minute = pd.Timestamp.now(tz="UTC").floor("min")  # a retry within the minute is looked up, not resent
-        request = OrderRequest(
-            client_order_id(position.symbol, minute, "close"), position.symbol, closing_side(position.side),
-            "market", position.quantity, reduce_only=True, leg="close",
-        )  # fmt: skip
-        self.place_order(request)
+    def _close_at_market(self, position: Position, why: str, bar_time: pd.Timestamp | None = None) -> Order:
+        """A reduce-only market order for the whole position, journalled like any order.
+
+        Without a decision's ``bar_time`` (a protective close) the minute names it, so a
+        retry within the minute is looked up, not resent.
+        """
+        minute = pd.Timestamp.now(tz="UTC").floor("min")
+        request = (
+            exit_request(position, minute, "close") if bar_time is None else exit_request(position, bar_time)
+        )
+        order = self.place_order(request)
         self._event("closed_at_market", symbol=position.symbol, reason=why, quantity=str(position.quantity))
+        return order
 
     def _prepare_symbol(self, symbol: str) -> None:
         """Leverage and margin type, once per symbol and broker (not on every entry)."""

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 from sqlalchemy import func, select
 
+from core.errors import QTError
 from serving.brokers.base import (
     Order,
     OrderRefusedError,
@@ -189,12 +190,22 @@ class BinanceSpotBroker(BinanceBroker):
                 self.cancel_order(symbol, o["clientOrderId"])
                 self._event("take_profit_orphaned", symbol=symbol, order=o["clientOrderId"])
 
-    def _close_at_market(self, position: Position, why: str) -> None:
-        """Cancel the symbol's open sells (they lock the coins), then sell what is held at market."""
+    def _close_at_market(self, position: Position, why: str, bar_time: pd.Timestamp | None = None) -> Order:
+        """Cancel the symbol's open sells (they lock the coins), then sell what is held at market.
+
+        If the sell is refused the position is protected again at once (reconcile re-places
+        its stop) before the error goes up.
+        """
         self._cancel_sells(position.symbol)
         free = self._holdings().get(self._base(position.symbol), Decimal(0))
         quantity = min(position.quantity, self._rules(position.symbol).round_quantity(free))
-        super()._close_at_market(Position(position.symbol, "long", quantity, position.entry_price), why)
+        try:
+            return super()._close_at_market(
+                Position(position.symbol, "long", quantity, position.entry_price), why, bar_time
+            )
+        except QTError:
+            self.reconcile()
+            raise
 
     def _stop_request(self, symbol: str, held: Position, stop: Decimal, cid: str) -> OrderRequest:
         """One stop-loss-limit for the whole position.

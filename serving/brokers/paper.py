@@ -36,6 +36,7 @@ from serving.brokers.base import (
     ReconcileReport,
     SymbolRules,
     client_order_id,
+    exit_request,
 )
 from serving.brokers.ledger import apply_fill, live_stop, order_from_row, order_row, position_side, utc_now
 from serving.journal import Journal
@@ -129,6 +130,11 @@ class PaperBroker:
             if order.type == "market":
                 self._fill_market(session, row, self._now())
             return order_from_row(row)
+
+    def close_position(self, symbol: str, bar_time: pd.Timestamp, reason: str) -> Order | None:
+        """Close ``symbol`` at market now; its exits are cancelled as the position goes flat."""
+        held = next((p for p in self.positions() if p.symbol == symbol), None)
+        return None if held is None else self.place_order(exit_request(held, bar_time))
 
     def cancel_order(self, symbol: str, client_order_id: str) -> Order:
         """Cancel an open order (naming it when it is unknown or no longer open)."""
