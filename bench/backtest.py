@@ -79,7 +79,7 @@ def ohlc(frame: pd.DataFrame, p_up: pd.Series) -> pd.DataFrame:
     out["low"] = np.minimum(previous, close) * (1 - wick[1])
     # A P(up) at t about the move of t + 1, informative enough that neither engine goes bust.
     ahead = frame.groupby("symbol")["target_log_return"].shift(-1).fillna(0.0).to_numpy()
-    out["p_up"] = np.clip(0.5 + np.sign(ahead) * 0.01 + rng.normal(0, 0.05, len(frame)), 0.01, 0.99)
+    out["p_up"] = np.clip(0.5 + np.sign(ahead) * 0.004 + rng.normal(0, 0.05, len(frame)), 0.01, 0.99)
     out["atr_pct"], out["regime"] = 0.01, 2.0
     return out
 

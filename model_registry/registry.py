@@ -27,6 +27,7 @@ import pandas as pd
 
 from core.errors import BadConfigError
 from core.settings import Settings
+from model_registry.cache import load_version
 from model_registry.ensemble import Ensemble
 from tasks.tracking import experiment_id, use_store
 
@@ -167,7 +168,7 @@ def load_ensemble(
     except MlflowException as exc:
         raise BadConfigError(f"no {name} model {ref!r} in {settings.tracking_uri}; run qt retrain") from exc
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        model = load_version(settings, name, version)  # the local per-version copy
         ensemble: Ensemble = model.unwrap_python_model().ensemble
     except Exception as exc:  # missing or damaged artifacts: name them, never a half-loaded model
         raise BrokenModelError(

@@ -110,3 +110,32 @@ def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple
 
     missing = qt("evaluate", "--model", "challenger", "--json", home=settings.home)
     assert missing.returncode == 2 and "run qt retrain" in missing.stdout
+
+
+def test_a_version_is_fetched_once_into_the_homes_model_copy_and_loaded_from_there(
+    registered: tuple[Settings, Ensemble], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hot reload reads the local per-version copy; a damaged copy is fetched again."""
+    import shutil
+
+    import mlflow
+
+    from model_registry.cache import version_dir
+    from model_registry.registry import load_ensemble, model_name
+
+    settings, ensemble = registered
+    version = register(
+        settings, ensemble, features_from_store(CandleStore(settings.store_dir), ["BTCUSDT"], "1h").tail(40)
+    )
+    copy = version_dir(settings, model_name("1h", "spot"), version)
+    shutil.rmtree(copy, ignore_errors=True)
+    loaded, _ = load_ensemble(settings, "1h", version)
+    assert (copy / "MLmodel").exists() and sorted(loaded.models) == sorted(ensemble.models)
+    (copy / "python_model.pkl").write_bytes(b"damaged")  # a broken copy: thrown away, fetched again
+    with caplog.at_level("WARNING", logger="model_registry.cache"):
+        again, _ = load_ensemble(settings, "1h", version)
+    assert "does not load: fetching it again" in caplog.text
+    assert sorted(again.models) == sorted(ensemble.models)
+    store = mlflow.MlflowClient().get_model_version_download_uri(model_name("1h", "spot"), version)
+    shutil.rmtree(store.removeprefix("file://"))  # the registry's files gone: the copy still serves
+    assert sorted(load_ensemble(settings, "1h", version)[0].models) == sorted(ensemble.models)
