@@ -1,7 +1,7 @@
 """A local copy of each registered version's files, so a hot reload reads a disk, not the registry.
 
 A registered version never changes, so its files are fetched once (from the MLflow
-artifact store, local or remote) into ``<home>/models/<name>/<version>/`` and every later
+artifact store, local or remote) into ``<home>/models/<registry>/<name>/<version>/`` and every later
 load of that version, in this process or another, reads them there. The copy is made in a
 temporary folder beside it and renamed into place, so a half-fetched version is never
 read; a copy that fails to load is thrown away and fetched again once.
@@ -9,6 +9,7 @@ read; a copy that fails to load is thrown away and fetched again once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -21,8 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def version_dir(settings: Settings, name: str, version: str) -> Path:
-    """Where the local copy of ``name`` v``version`` lives."""
-    return settings.home / "models" / name / str(version)
+    """Where the local copy of ``name`` v``version`` of this home's registry lives.
+
+    The registry's address is part of the path: version 3 of another MLflow server is
+    another model.
+    """
+    registry = hashlib.sha256(settings.tracking_uri.encode()).hexdigest()[:12]
+    return settings.home / "models" / registry / name / str(version)
 
 
 def load_version(settings: Settings, name: str, version: str) -> Any:
