@@ -93,8 +93,9 @@ def ours_with_exits(bars: pd.DataFrame) -> dict[str, float]:
     venue = Venue(fee_bps=FEE_BPS, slippage_bps=SLIPPAGE_BPS, cash=100_000.0)
     # the risk engine's limits opened wide, so both engines trade the same signals throughout
     limits = RiskLimits(
-        max_open_positions=SYMBOLS, max_gross_exposure=SYMBOLS, daily_drawdown=1.0, halt_drawdown=1.0
-    )
+        max_open_positions=SYMBOLS, max_gross_exposure=SYMBOLS, max_correlated_exposure=SYMBOLS,
+        daily_drawdown=1.0, halt_drawdown=1.0,
+    )  # fmt: skip
     strategy = Strategy(risk=limits, top_k=SYMBOLS)
     result = simulate(bars, strategy, H, venue, ABS_RETURN, cost=(FEE_BPS + SLIPPAGE_BPS) / 1e4)
     figures = summary(result, H)

@@ -219,6 +219,8 @@ def book_of(
                 earlier[-1] if earlier else start, held, prices=prices)  # fmt: skip
     trades = report.trades(journal)
     book.r_multiples = [float(t["r_multiple"] or 0.0) for t in trades]
+    for t, r in zip(trades, book.r_multiples, strict=True):
+        book.symbol_r.setdefault(t["symbol"], []).append(r)
     book.last_exit = {t["symbol"]: pd.Timestamp(t["closed_at"]) for t in trades}
     return book
 

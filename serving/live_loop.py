@@ -28,6 +28,7 @@ from tasks.features import FeatureSpec
 from tasks.fills import Bar
 from tasks.store import CandleStore
 from tasks.strategy.engine import Decisions, Grids
+from tasks.strategy.market import MarketWindow
 from tasks.strategy.simulate import signals_at
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,9 @@ class LiveLoop:
             signal_ids = live.journal_signals(self.journal, predictions, version, config.interval, digests)
             report.signals = len(predictions)
             signals = signals_at(merged, ensemble.abs_return, float(ensemble.costs.per_side()))
-            decisions = config.strategy_for(ensemble).decide(book, signals, config.step, self.rules)
+            universe = {s: c for s, c in candles.items() if s in config.symbols}
+            window = MarketWindow.of(universe, newest)
+            decisions = config.strategy_for(ensemble).decide(book, signals, config.step, self.rules, window)
             self._shadow(features, newest, digests)
         clock.lap("predict")
         self._set_prices(newest + config.step)

@@ -205,8 +205,10 @@ def backtest_of(
     rows["p_up"] = ensemble.predict_rows(rows)["p_stacker"].to_numpy()
     frames = {s: store.read(s, config.interval, config.market) for s in symbols}
     candles = pd.concat([f.assign(symbol=s).reset_index() for s, f in frames.items()])
+    volume = ["quote_volume"] if "quote_volume" in candles else []
     rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
-        candles[["symbol", "open_time", "open", "high", "low", "close"]], on=["symbol", "open_time"]
+        candles[["symbol", "open_time", "open", "high", "low", "close", "quote_volume"]],
+        on=["symbol", "open_time"],
     )
     with FakeExchange(now_ms=_ms(start)) as exchange:
         for symbol, frame in frames.items():
@@ -216,5 +218,7 @@ def backtest_of(
     venue = Venue(settings.taker_fee_bps, settings.slippage_bps, funding, settings.paper_cash)
     body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + config.step]
     cost = float(ensemble.costs.per_side())
-    return simulate(body, config.strategy_for(ensemble), config.step, venue, ensemble.abs_return, cost, rules,
-                    then=then)  # fmt: skip
+    strategy = config.strategy_for(ensemble)
+    history = candles[candles["open_time"] < start].groupby("symbol").tail(strategy.window + 1)
+    return simulate(body, strategy, config.step, venue, ensemble.abs_return, cost, rules, then=then,
+                    history=history)  # fmt: skip

@@ -9,6 +9,7 @@ import pytest
 from tasks.features.regime import Regime
 from tasks.strategy.engine import Signal, Strategy
 from tasks.strategy.exits import Exits
+from tasks.strategy.market import MarketWindow
 from tasks.strategy.risk import Book, Held, Mode, RiskLimits
 from tasks.strategy.simulate import Venue, simulate, summary
 from tasks.strategy.sizing import Sizing, payoff_ratio
@@ -159,3 +160,46 @@ def test_a_stop_fills_at_the_stop_and_the_loss_is_one_r_plus_costs() -> None:
     assert trade.fees == pytest.approx(fees)
     assert trade.r_multiple == pytest.approx(-1.0 - fees / (2.0 * trade.quantity))
     assert result.equity.iloc[-1] == pytest.approx(10_000 - 2.0 * trade.quantity - fees)
+
+
+def _window(volumes: dict[str, float] | None = None) -> MarketWindow:
+    """97 hourly closes: ETH moves as BTC does, XRP against it, SOL on its own."""
+    rng = np.random.default_rng(3)
+    times = pd.date_range(T0 - 96 * HOUR, T0, freq="h")
+    btc, sol = rng.normal(0, 0.01, len(times)).cumsum(), rng.normal(0, 0.01, len(times)).cumsum()
+    closes = pd.DataFrame({"BTCUSDT": btc, "ETHUSDT": btc, "SOLUSDT": sol, "XRPUSDT": -btc}, index=times)
+    closes = 100 * np.exp(closes)
+    volume = pd.DataFrame({s: (volumes or {}).get(s, 1e6) for s in closes.columns}, index=times)
+    return MarketWindow(closes, volume)
+
+
+def _long_eth() -> Book:
+    eth = Held("ETHUSDT", "long", 25.0, 100.0, 98.0, 98.0, 100.0, T0)  # 2,500 of 10,000 equity
+    return Book(10_000, 10_000, 10_000, positions={"ETHUSDT": eth}, prices={"ETHUSDT": 100.0})
+
+
+def test_correlation_weighted_exposure_counts_coins_that_move_together() -> None:
+    strategy = Strategy(risk=RiskLimits(max_correlated_exposure=0.4), top_k=4)
+    decided = strategy.decide(_long_eth(), [_signal("BTCUSDT", 0.7)], HOUR, window=_window())
+    assert decided.vetoes == [("BTCUSDT", "correlation-weighted exposure 0.50 above 0.4")]  # a second ETH
+    hedge = strategy.decide(_long_eth(), [_signal("XRPUSDT", 0.7)], HOUR, window=_window())
+    assert [e.symbol for e in hedge.entries] == ["XRPUSDT"]  # moves against ETH: less risk, not more
+    # a short of what moves with ETH offsets it
+    short = strategy.decide(_long_eth(), [_signal("BTCUSDT", 0.3)], HOUR, window=_window())
+    assert [(e.symbol, e.side) for e in short.entries] == [("BTCUSDT", "short")]
+    # without a window the correlations are unknown and taken as 1: the cautious answer
+    blind = strategy.decide(_long_eth(), [_signal("SOLUSDT", 0.7)], HOUR)
+    assert dict(blind.vetoes)["SOLUSDT"].startswith("correlation-weighted exposure")
+
+
+def test_ranking_prefers_what_diversifies_is_liquid_and_has_a_record() -> None:
+    strategy = Strategy(top_k=1)
+    calls = [_signal("BTCUSDT", 0.7), _signal("SOLUSDT", 0.7)]  # the same edge
+    [entry] = strategy.decide(_long_eth(), calls, HOUR, window=_window()).entries
+    assert entry.symbol == "SOLUSDT"  # BTC moves with the ETH already held
+    thin = _window({"SOLUSDT": 1e4})  # SOL trades 1 % of the others' volume
+    [entry] = strategy.decide(_long_eth(), calls, HOUR, window=thin).entries
+    assert entry.symbol == "BTCUSDT"
+    flat = Book(10_000, 10_000, 10_000, symbol_r={"SOLUSDT": [-1.0] * 5, "BTCUSDT": [1.0] * 5})
+    [entry] = strategy.decide(flat, [_signal("SOLUSDT", 0.72), _signal("BTCUSDT", 0.7)], HOUR).entries
+    assert entry.symbol == "BTCUSDT"  # a better record beats a slightly larger edge

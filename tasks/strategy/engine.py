@@ -22,6 +22,7 @@ from core.errors import BadConfigError
 from tasks.features.regime import Regime
 from tasks.fills import Side
 from tasks.strategy.exits import PROFILES, Exits
+from tasks.strategy.market import MarketWindow
 from tasks.strategy.policy import Policy
 from tasks.strategy.risk import Book, Mode, RiskLimits
 from tasks.strategy.sizing import Sizing
@@ -118,8 +119,14 @@ class Strategy:
         sizing: stop distance and quantity.
         risk: modes and vetoes.
         exits: take-profit legs, break-even, trailing.
-        top_k: at most this many new entries per bar, best net edge first.
+        top_k: at most this many candidates considered per bar, best ranked first.
         close_on_flat: close a position when the policy goes flat (not only when it turns).
+        window: bars of returns and volumes the correlations and the liquidity are measured on.
+        rank_correlation: how much a candidate's correlation with what is held (same
+            direction) lowers its rank: score × (1 − this × the strongest correlation).
+        rank_track: how much the symbol's track record (average R) moves its rank.
+        track_after: closed trades in a symbol before its track record counts.
+        track_alpha: the weight of the newest trade in the track record's average.
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -128,6 +135,11 @@ class Strategy:
     exits: Exits = field(default_factory=Exits)
     top_k: int = 2
     close_on_flat: bool = False
+    window: int = 96
+    rank_correlation: float = 0.5
+    rank_track: float = 0.5
+    track_after: int = 5
+    track_alpha: float = 0.2
 
     @cached_property
     def parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,6 +187,10 @@ class Strategy:
             float(self.close_on_flat),
             int(Regime.CHOPPY),
         )
+        params[[k.MAX_CORRELATED, k.RANK_CORRELATION, k.RANK_TRACK, k.TRACK_AFTER, k.TRACK_ALPHA]] = (
+            risk.max_correlated_exposure, self.rank_correlation, self.rank_track, self.track_after,
+            self.track_alpha,
+        )  # fmt: skip
         multiples = dict(sizing.atr_multiples)
         atr_table = np.full(max(max(multiples), int(Regime.CHOPPY)) + 1, np.nan)
         for code, multiple in multiples.items():
@@ -196,14 +212,21 @@ class Strategy:
         return float(policy_event(self.parameters[0], signal.p_up, signal.edge_scale, signal.cost))
 
     def decide(
-        self, book: Book, signals: list[Signal], step: pd.Timedelta, grids: Grids | None = None
+        self,
+        book: Book,
+        signals: list[Signal],
+        step: pd.Timedelta,
+        grids: Grids | None = None,
+        window: MarketWindow | None = None,
     ) -> Decisions:
         """What to do at the next price, from the book at this bar's close and its signals.
 
         ``grids`` puts sizes and prices on the venue's grids (the broker rounds them the same
-        way). The rules are :func:`tasks.strategy.kernel.decide_bar`, the backtest's too.
+        way); ``window`` holds the recent closes and volumes (None: correlations unknown,
+        taken as 1). The rules are :func:`tasks.strategy.kernel.decide_bar`, the backtest's too.
         """
         from tasks.strategy import kernel as k
+        from tasks.strategy.market import track_update
 
         symbols = sorted({s.symbol for s in signals} | set(book.positions))
         n = len(symbols)
@@ -246,13 +269,22 @@ class Strategy:
         bar_time = max(s.bar_time for s in signals) if signals else pd.Timestamp(0, tz="UTC")
         out = _Answer(n)
         params, atr_table, profiles = self.parameters
+        track, track_count = np.zeros(n), np.zeros(n, np.int64)
+        for symbol, results in book.symbol_r.items():
+            if symbol in row:
+                i = row[symbol]
+                for r in results:
+                    track[i] = track_update(track[i], int(track_count[i]), r, self.track_alpha)
+                    track_count[i] += 1
+        returns, volumes, _ = (window or MarketWindow.empty()).arrays(symbols, self.window)
         wins, losses = [r for r in book.r_multiples if r > 0], [-r for r in book.r_multiples if r < 0]
         payoff = (sum(wins) / len(wins)) / (sum(losses) / len(losses)) if wins and losses else np.nan
         considered, mode = k.decide_bar(  # type: ignore[call-arg]
             params, atr_table, profiles, book.equity, book.peak_equity, book.day_start_equity,
             len(book.r_multiples), book.losing_streak, payoff,
             side, held[0], held[1], held[2], held[3], held[4], last_exit, held[5],
-            has_signal, *numbers, bar_time.value, step.value, *(grids or Grids()).of(symbols), *out.arrays(),
+            has_signal, *numbers, bar_time.value, step.value, returns, volumes, track, track_count,
+            *(grids or Grids()).of(symbols), *out.arrays(),
         )  # fmt: skip
         by_symbol = {s.symbol: s for s in signals}
         return out.decisions(symbols, by_symbol, considered, Mode(list(Mode)[mode]), self.risk)
@@ -329,4 +361,6 @@ def veto_reason(code: int, detail: np.ndarray, mode: Mode, risk: RiskLimits) -> 
         return "no equity"
     if code == k.VETO_EXPOSURE:
         return f"gross exposure {detail[0]:.2f} above {risk.max_gross_exposure}"
+    if code == k.VETO_CORRELATED:
+        return f"correlation-weighted exposure {detail[0]:.2f} above {risk.max_correlated_exposure}"
     return "size 0 (Kelly sees no edge, or the stop distance is 0)"

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tasks.strategy.market import correlation, liquidity
+
 NO_TIME = np.iinfo(np.int64).min
 
 # Parameter indices of params (Strategy.parameters builds it).
@@ -29,14 +31,15 @@ DEFENSIVE_AFTER, CRITICAL_AFTER, DEFENSIVE_SCALE, CRITICAL_SCALE = 15, 16, 17, 1
 DEFENSIVE_MAX, CRITICAL_MAX = 19, 20
 CONSERVATIVE_BELOW, AGGRESSIVE_ABOVE, BREAKEVEN_R, TRAIL_AFTER_R, TRAIL_R = 21, 22, 23, 24, 25
 TOP_K, CLOSE_ON_FLAT, CHOPPY = 26, 27, 28
-N_PARAMETERS = 29
+MAX_CORRELATED, RANK_CORRELATION, RANK_TRACK, TRACK_AFTER, TRACK_ALPHA = 29, 30, 31, 32, 33
+N_PARAMETERS = 34
 
 # Modes (risk.Mode in this order).
 NORMAL, DEFENSIVE, CRITICAL, HALT = 0, 1, 2, 3
 
 # Candidate outcomes: 0 entered, -1 skipped (a short where shorting is off), else a veto.
 VETO_HALT, VETO_CONFIDENCE, VETO_HELD, VETO_COOLDOWN, VETO_POSITIONS = 1, 2, 3, 4, 5
-VETO_NO_EQUITY, VETO_EXPOSURE, VETO_SIZE = 6, 7, 8
+VETO_NO_EQUITY, VETO_EXPOSURE, VETO_SIZE, VETO_CORRELATED = 6, 7, 8, 9
 
 # Close reasons.
 CLOSE_TURNED, CLOSE_FLAT = 1, 2
@@ -218,11 +221,33 @@ def gross_exposure(
 
 
 @njit(cache=True)
+def _rho(returns: np.ndarray, rho: np.ndarray, known: np.ndarray, a: int, b: int) -> float:
+    """The correlation of symbols a and b in this bar's window, computed once; unknown: 1 (cautious)."""
+    if a == b:
+        return 1.0
+    if not known[a, b]:
+        value = correlation(returns, a, b)
+        rho[a, b] = rho[b, a] = 1.0 if np.isnan(value) else value
+        known[a, b] = known[b, a] = True
+    return rho[a, b]
+
+
+@njit(cache=True)
+def _rank_weight(params: np.ndarray, liquid: float, track: float, trades: int) -> float:
+    """Liquidity (capped at 1; unknown: 1) × track record (after TRACK_AFTER trades, within 0.5–1.5)."""
+    weight = min(liquid, 1.0) if np.isfinite(liquid) and liquid >= 0 else 1.0
+    if trades >= params[TRACK_AFTER] and np.isfinite(track):
+        weight *= min(max(1.0 + params[RANK_TRACK] * track, 0.5), 1.5)
+    return weight
+
+
+@njit(cache=True)
 def decide_bar(
     params, atr_table, profiles,
     equity, peak, day_start, closed_trades, losing_streak, payoff,
     side, quantity, entry, stop, initial_stop, best, last_exit, price,
     has_signal, p_up, close, atr_pct, regime, edge_scale, cost, bar_time, step,
+    returns, volumes, track, track_count,
     tick, lot, tick_digits, lot_digits,
     close_code, stop_move, candidate, outcome, detail, entry_sign, entry_quantity, entry_stop,
     tp_price, tp_quantity,
@@ -231,9 +256,14 @@ def decide_bar(
 
     Held positions with a signal: close when the policy turned (or went flat with
     ``CLOSE_ON_FLAT``), else move the stop (break-even, trailing) when it tightens. Flat
-    symbols the policy wants in: best net edge first (ties by symbol), at most ``TOP_K``
-    considered; each is sized (ATR stop, risk per trade or Kelly, scaled by the mode), put
-    on the venue's grids and risk-checked. ``candidate[k]`` is the k-th considered symbol,
+    symbols the policy wants in are ranked, best first, at most ``TOP_K`` considered: the
+    score is the call's net edge × the symbol's liquidity (capped at 1) × its track record
+    (1 + ``RANK_TRACK`` × its average R after ``TRACK_AFTER`` trades, within 0.5–1.5) × (1 −
+    ``RANK_CORRELATION`` × its strongest same-direction correlation with what is held or
+    taken this bar); ties by symbol. Each is sized (ATR stop, risk per trade or Kelly, scaled
+    by the mode), put on the venue's grids and risk-checked, the correlation-weighted
+    exposure sqrt(vᵀ C v) / equity (v the signed notionals, C the window's correlations,
+    unknown ones 1) included. ``candidate[k]`` is the k-th considered symbol,
     ``outcome[k]`` what became of it (0 entered), ``detail[k]`` the veto's numbers; an entry's
     side, size, stop and take-profit legs are at its symbol's row of ``entry_*`` / ``tp_*``.
     """
@@ -262,20 +292,43 @@ def decide_bar(
         if moved != stop[i] and (moved > stop[i] if sign > 0 else moved < stop[i]):
             stop_move[i] = moved
     count = 0
-    net_edge = np.full(n, np.inf)
+    net_edge = np.full(n, -np.inf)
     for i in range(n):
         if side[i] == 0 and has_signal[i] and (wanted[i] == 1.0 or wanted[i] == -1.0):
-            net_edge[i] = -(abs(2.0 * p_up[i] - 1.0) * edge_scale[i] - 2.0 * cost[i])
+            net_edge[i] = abs(2.0 * p_up[i] - 1.0) * edge_scale[i] - 2.0 * cost[i]
             count += 1
-    order = np.argsort(net_edge, kind="mergesort")  # best edge first; symbols are sorted: ties by name
     mode = mode_of(params, equity, peak, day_start, losing_streak)
     scale = risk_scale(params, mode)
     limit = max_positions(params, mode)
     exposure = gross_exposure(side, quantity, entry, price, equity)
+    weight = liquidity(volumes)
+    rho = np.full((n, n), np.nan)
+    known = np.zeros((n, n), np.bool_)
+    signed = np.zeros(n)  # the book's signed notional per symbol: held, then taken this bar
+    for i in range(n):
+        if side[i] != 0:
+            signed[i] = side[i] * quantity[i] * (entry[i] if np.isnan(price[i]) else price[i])
+    quadratic = 0.0  # vᵀ C v of what is held and taken
+    for a in range(n):
+        for b in range(n):
+            if signed[a] != 0 and signed[b] != 0:
+                quadratic += signed[a] * signed[b] * _rho(returns, rho, known, a, b)
     taken_notional, taken = 0.0, 0
     considered = min(count, int(params[TOP_K]))
     for k in range(considered):
-        i = order[k]
+        i, best_score = -1, -np.inf
+        for c in range(n):
+            if net_edge[c] == -np.inf:
+                continue
+            score = net_edge[c] * _rank_weight(params, weight[c], track[c], track_count[c])
+            crowd = 0.0
+            for j in range(n):
+                if signed[j] != 0:
+                    crowd = max(crowd, wanted[c] * np.sign(signed[j]) * _rho(returns, rho, known, c, j))
+            score *= 1.0 - params[RANK_CORRELATION] * crowd
+            if score > best_score or i < 0:
+                i, best_score = c, score
+        net_edge[i] = -np.inf
         candidate[k] = i
         detail[k, 0] = detail[k, 1] = 0.0
         sign = wanted[i]
@@ -287,6 +340,16 @@ def decide_bar(
         risk = risk_fraction(params, p_win, payoff, closed_trades) * scale
         size = round_down(quantity_for(params, equity, close[i], distance, risk), lot[i], lot_digits[i])
         confidence = abs(2.0 * p_up[i] - 1.0)
+        value = sign * size * close[i]
+        cross = 0.0
+        for j in range(n):
+            if signed[j] != 0:
+                cross += signed[j] * _rho(returns, rho, known, i, j)
+        correlated = (
+            np.sqrt(max(quadratic + value * value + 2.0 * value * cross, 0.0)) / equity
+            if equity > 0
+            else np.inf
+        )
         code = 0
         if mode == HALT:
             code = VETO_HALT
@@ -300,6 +363,8 @@ def decide_bar(
             code = VETO_NO_EQUITY
         elif exposure + (taken_notional + size * close[i]) / equity > params[MAX_GROSS] + 1e-12:
             code, detail[k, 0] = VETO_EXPOSURE, exposure + (taken_notional + size * close[i]) / equity
+        elif size > 0 and correlated > params[MAX_CORRELATED] + 1e-12:
+            code, detail[k, 0] = VETO_CORRELATED, correlated
         elif size <= 0:
             code = VETO_SIZE
         outcome[k] = code
@@ -307,6 +372,8 @@ def decide_bar(
             continue
         taken += 1
         taken_notional += size * close[i]
+        quadratic += value * value + 2.0 * value * cross
+        signed[i] = value
         entry_quantity[i] = size
         entry_stop[i] = round_nearest(close[i] - sign * distance, tick[i], tick_digits[i])
         entry_sign[i] = sign

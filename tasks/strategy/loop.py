@@ -13,7 +13,17 @@ import numpy as np
 from numba import njit
 
 from tasks.fill_kernel import exit_fills, fee, market_price
-from tasks.strategy.kernel import LEG_CLOSE, LEG_STOP, LEG_TP, MAX_LEGS, NO_TIME, TOP_K, decide_bar
+from tasks.strategy.kernel import (
+    LEG_CLOSE,
+    LEG_STOP,
+    LEG_TP,
+    MAX_LEGS,
+    NO_TIME,
+    TOP_K,
+    TRACK_ALPHA,
+    decide_bar,
+)
+from tasks.strategy.market import shift_in, track_update
 
 _DAY = 86_400 * 10**9
 _FUNDING_EVERY = 8 * 3_600 * 10**9
@@ -32,7 +42,9 @@ CASH, FEES_PAID, FUNDING_PAID, SUM_WIN, SUM_LOSS = range(5)
 
 
 @njit(cache=True)
-def _fill(i, filled, fill_price, leg, at, fee_bps, side, pos, times, legs, money, stats, trade_f, trade_i):
+def _fill(
+    i, filled, fill_price, leg, at, fee_bps, side, pos, times, legs, money, stats, trade_f, trade_i, track
+):
     """Book one exit fill of position ``i``; filled to nothing it becomes a trade (True: it closed)."""
     paid = fee(filled * fill_price, fee_bps)
     pnl = side[i] * (fill_price - pos[i, ENTRY]) * filled
@@ -63,6 +75,8 @@ def _fill(i, filled, fill_price, leg, at, fee_bps, side, pos, times, legs, money
     r = net / risk if risk > 0 else 0.0
     stats[N_TRADES] += 1
     stats[CLOSED] += 1
+    track[i, 0] = track_update(track[i, 0], int(track[i, 1]), r, track[i, 2])
+    track[i, 1] += 1
     stats[STREAK] = stats[STREAK] + 1 if r < 0 else 0
     if r > 0:
         stats[N_WIN] += 1
@@ -80,6 +94,7 @@ def _fill(i, filled, fill_price, leg, at, fee_bps, side, pos, times, legs, money
 def run(
     params, atr_table, profiles, bar_times, step,
     bar_open, bar_high, bar_low, bar_close, has_bar, p_up, atr_pct, regime, edge_scale, cost,
+    quote_volume, returns, volumes, last_close,
     tick, lot, tick_digits, lot_digits, fee_bps, slippage_bps, funding_bps, start_cash,
     then_open, then_has, then_time,
 ):  # fmt: skip
@@ -90,7 +105,9 @@ def run(
 
     ``vetoes`` rows: (bar, symbol, code, detail, detail); the open book: (side, pos, tp_price,
     tp_quantity, times) with ``times[i]`` = (opened, last exit); ``money``: cash, fees paid,
-    funding paid.
+    funding paid. ``returns`` / ``volumes`` (``[W, N]``) are the market window before the
+    first bar (NaN where unknown) and ``last_close`` the closes of the bar before it; the
+    loop shifts the window on at every close (:mod:`tasks.strategy.market`).
     """
     n_bars, n = bar_close.shape
     side = np.zeros(n, np.int8)
@@ -112,6 +129,10 @@ def run(
     vetoes = np.zeros((capacity, 5))
     n_vetoes = entries = 0
     stats = np.zeros(5, np.int64)
+    track = np.zeros((n, 3))  # per symbol: average R, closed trades, the average's weight
+    track[:, 2] = params[TRACK_ALPHA]
+    returns, volumes, previous = returns.copy(), volumes.copy(), last_close.copy()
+    new_return = np.full(n, np.nan)
     money = np.zeros(5)
     money[CASH] = start_cash
     peak, day_start, day = start_cash, start_cash, NO_TIME
@@ -148,6 +169,7 @@ def run(
                     stats,
                     trade_f,
                     trade_i,
+                    track,
                 )
         for i in range(n):
             if not np.isnan(stop_move[i]) and side[i] != 0:
@@ -198,6 +220,7 @@ def run(
                     stats,
                     trade_f,
                     trade_i,
+                    track,
                 ):
                     break
                 tp_price[i, fill_leg[f]] = np.nan
@@ -233,6 +256,12 @@ def run(
                 mark_price = pos[i, ENTRY] if np.isnan(price[i]) else price[i]
                 unrealised += side[i] * (mark_price - pos[i, ENTRY]) * pos[i, QTY]
         equity = money[CASH] + unrealised
+        for i in range(n):
+            close_now = bar_close[t, i] if present[i] else np.nan
+            new_return[i] = np.log(close_now / previous[i]) if previous[i] > 0 and close_now > 0 else np.nan
+            previous[i] = close_now
+        shift_in(returns, new_return)
+        shift_in(volumes, np.where(present, quote_volume[t], np.nan))
         today = (at // _DAY) * _DAY
         if today != day:
             day_start = equity_at[t - 1] if t > 0 else start_cash
@@ -247,6 +276,7 @@ def run(
             side, pos[:, QTY], pos[:, ENTRY], pos[:, STOP], pos[:, INITIAL_STOP], pos[:, BEST], times[:, 1],
             price,
             present, p_up[t], bar_close[t], atr_pct[t], regime[t], edge_scale, cost, at, step,
+            returns, volumes, track[:, 0], track[:, 1].astype(np.int64),
             tick, lot, tick_digits, lot_digits,
             close_code, stop_move, candidate, outcome, detail, entry_sign, entry_quantity, entry_stop,
             entry_tp_price, entry_tp_quantity,

@@ -11,9 +11,13 @@ stop with one set of rules, applied in this order to every candidate entry:
 * min confidence, no second position in a symbol, a cooldown after a symbol's exit, max open
   positions, max gross exposure (sum of notional over equity).
 
+* max correlation-weighted exposure: sqrt(vᵀ C v) / equity of the book with the entry (v
+  the signed notionals, C the correlations of the last ``Strategy.window`` bars' returns,
+  unknown ones taken as 1), so three longs in coins that move together count nearly as
+  three, a long and a short in them nearly as none.
+
 The checks themselves are :func:`tasks.strategy.kernel.decide_bar`'s; this module holds the
-thresholds and the book. Correlation-weighted exposure is not checked yet: the book holds
-no return history.
+thresholds and the book.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Book:
         positions: symbol → held position.
         last_exit: symbol → the bar a position in it was closed on.
         r_multiples: closed trades' net results in R, oldest first.
+        symbol_r: the same per symbol (its track record), oldest first.
         prices: symbol → the bar's close.
     """
 
@@ -80,6 +85,7 @@ class Book:
     positions: dict[str, Held] = field(default_factory=dict)
     last_exit: dict[str, pd.Timestamp] = field(default_factory=dict)
     r_multiples: list[float] = field(default_factory=list)
+    symbol_r: dict[str, list[float]] = field(default_factory=dict)
     prices: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -100,6 +106,7 @@ class RiskLimits:
     min_confidence: float = 0.02
     max_open_positions: int = 4
     max_gross_exposure: float = 1.0
+    max_correlated_exposure: float = 0.75
     cooldown_bars: int = 2
     daily_drawdown: float = 0.05
     halt_drawdown: float = 0.25

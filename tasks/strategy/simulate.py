@@ -30,6 +30,7 @@ import pandas as pd
 
 from tasks.fills import Bar
 from tasks.strategy.engine import Grids, Signal, Strategy
+from tasks.strategy.market import MarketWindow
 from tasks.strategy.risk import Held, Mode, RiskLimits
 
 _FUNDING_EVERY = pd.Timedelta(hours=8)
@@ -173,13 +174,18 @@ def simulate(
     cost: float,
     rules: Mapping[str, object] | None = None,
     then: pd.DataFrame | None = None,
+    history: pd.DataFrame | None = None,
 ) -> Simulation:
     """Run ``strategy`` over ``frame`` (one row per symbol and bar: OHLC, ``p_up``, ``atr_pct``, ``regime``).
 
     ``cost`` is the per-side cost the policy weighs edges against; ``venue`` what fills cost;
     ``rules`` the venue's grids per symbol (the broker's ``SymbolRules``).
     ``then``: the rows of the bar after the last: what the last close decided fills at its
-    open (as the live loop fills it), and nothing else of it is simulated.
+    open (as the live loop fills it), and nothing else of it is simulated. ``history``:
+    candles before the first bar (``symbol``, ``open_time``, ``close``, ``quote_volume``)
+    that fill the market window the ranking and the correlation check read (without it the
+    window starts empty: correlations unknown, taken as 1, until it fills). ``frame``'s own
+    ``quote_volume`` column, when present, feeds the liquidity rank.
     """
     from tasks.strategy.loop import run
 
@@ -191,7 +197,7 @@ def simulate(
     has_bar = np.zeros(shape, np.bool_)
     has_bar[row, column] = True
     grid = {}
-    for name in ("open", "high", "low", "close", "p_up", "atr_pct", "regime"):
+    for name in ("open", "high", "low", "close", "p_up", "atr_pct", "regime", "quote_volume"):
         values = np.full(shape, np.nan)
         if name in frame:
             values[row, column] = frame[name].to_numpy(dtype=np.float64)
@@ -205,11 +211,14 @@ def simulate(
         then_open[where[known]] = then["open"].to_numpy(dtype=np.float64)[known]
         then_has[where[known]] = True
         then_time = pd.Timestamp(str(then["open_time"].iloc[0])).value
+    window = MarketWindow.of_rows(history) if history is not None and len(history) else MarketWindow.empty()
+    returns, volumes, last_close = window.arrays(symbols, strategy.window)
     params, atr_table, profiles = strategy.parameters
     answer = run(
         params, atr_table, profiles, times.as_unit("ns").asi8, step.value,
         grid["open"], grid["high"], grid["low"], grid["close"], has_bar, grid["p_up"], grid["atr_pct"],
-        grid["regime"], edge_scale, np.full(len(symbols), float(cost)), *Grids(rules).of(symbols),
+        grid["regime"], edge_scale, np.full(len(symbols), float(cost)), grid["quote_volume"],
+        returns, volumes, last_close, *Grids(rules).of(symbols),
         venue.fee_bps, venue.slippage_bps, venue.funding_bps_8h, venue.cash, then_open, then_has, then_time,
     )  # fmt: skip
     return Simulation(symbols, times, answer, strategy.risk)
