@@ -136,6 +136,10 @@ def test_simulation_accounts_every_fill_and_the_equity_adds_up(btc_raw: pd.DataF
     assert result.equity.iloc[-1] == pytest.approx(10_000 + booked - _open_funding(result, venue, frame))
     figures = summary(result, HOUR)
     assert figures["trades"] == len(result.trades) and figures["fees_paid"] > 0
+    assert result.vetoes, "the stretch should have refused entries"
+    reasons = {reason.split(":")[0].split(" ")[0] for _, _, reason in result.vetoes}
+    assert reasons <= {"cooldown", "confidence", "NORMAL", "DEFENSIVE", "CRITICAL", "HALT", "gross", "size",
+                       "correlation-weighted"}  # fmt: skip
 
 
 def _open_funding(result, venue, frame) -> float:  # type: ignore[no-untyped-def]

@@ -149,26 +149,14 @@ class Strategy:
         params = np.zeros(k.N_PARAMETERS)
         policy, sizing, risk, exits = self.policy, self.sizing, self.risk, self.exits
         params[[k.ENTER, k.EXIT, k.ALLOW_SHORT]] = policy.enter, policy.exit, float(policy.allow_short)
-        sizing_at = [
-            k.RISK_PER_TRADE,
-            k.KELLY_FRACTION,
-            k.KELLY_AFTER,
-            k.KELLY_CAP,
-            k.MAX_POSITION_FRACTION,
-            k.LEVERAGE,
-        ]
+        sizing_at = [k.RISK_PER_TRADE, k.KELLY_FRACTION, k.KELLY_AFTER, k.KELLY_CAP, k.MAX_POSITION_FRACTION,
+                     k.LEVERAGE]  # fmt: skip
         params[sizing_at] = (
             sizing.risk_per_trade, sizing.kelly_fraction, sizing.kelly_after, sizing.kelly_cap,
             sizing.max_position_fraction, sizing.leverage,
         )  # fmt: skip
-        risk_at = [
-            k.MIN_CONFIDENCE,
-            k.MAX_OPEN,
-            k.MAX_GROSS,
-            k.COOLDOWN_BARS,
-            k.DAILY_DRAWDOWN,
-            k.HALT_DRAWDOWN,
-        ]
+        risk_at = [k.MIN_CONFIDENCE, k.MAX_OPEN, k.MAX_GROSS, k.COOLDOWN_BARS, k.DAILY_DRAWDOWN,
+                   k.HALT_DRAWDOWN]  # fmt: skip
         params[risk_at] = (
             risk.min_confidence, risk.max_open_positions, risk.max_gross_exposure, risk.cooldown_bars,
             risk.daily_drawdown, risk.halt_drawdown,

@@ -42,10 +42,12 @@ CASH, FEES_PAID, FUNDING_PAID, SUM_WIN, SUM_LOSS = range(5)
 
 
 @njit(cache=True)
-def _fill(
-    i, filled, fill_price, leg, at, fee_bps, side, pos, times, legs, money, stats, trade_f, trade_i, track
-):
-    """Book one exit fill of position ``i``; filled to nothing it becomes a trade (True: it closed)."""
+def _fill(i, filled, fill_price, leg, at, fee_bps, account):
+    """Book one exit fill of position ``i``; filled to nothing it becomes a trade (True: it closed).
+
+    ``account``: (side, pos, times, legs, money, stats, trade_f, trade_i, track), see :func:`run`.
+    """
+    side, pos, times, legs, money, stats, trade_f, trade_i, track = account
     paid = fee(filled * fill_price, fee_bps)
     pnl = side[i] * (fill_price - pos[i, ENTRY]) * filled
     pos[i, REALISED] += pnl
@@ -103,7 +105,7 @@ def run(
     Trades are in closing order: by bar, and within a bar in the order the positions were
     opened (as the journal numbers them).
 
-    ``vetoes`` rows: (bar, symbol, code, detail, detail); the open book: (side, pos, tp_price,
+    ``vetoes`` rows: (bar, symbol, code, detail, detail, mode); the open book: (side, pos, tp_price,
     tp_quantity, times) with ``times[i]`` = (opened, last exit); ``money``: cash, fees paid,
     funding paid. ``returns`` / ``volumes`` (``[W, N]``) are the market window before the
     first bar (NaN where unknown) and ``last_close`` the closes of the bar before it; the
@@ -126,7 +128,7 @@ def run(
     equity_at = np.zeros(n_bars)
     trade_f = np.zeros((capacity, 7))
     trade_i = np.zeros((capacity, T_LEGS + TRADE_LEGS), np.int64)
-    vetoes = np.zeros((capacity, 5))
+    vetoes = np.zeros((capacity, 6))
     n_vetoes = entries = 0
     stats = np.zeros(5, np.int64)
     track = np.zeros((n, 3))  # per symbol: average R, closed trades, the average's weight
@@ -135,6 +137,7 @@ def run(
     new_return = np.full(n, np.nan)
     money = np.zeros(5)
     money[CASH] = start_cash
+    account = (side, pos, times, legs, money, stats, trade_f, trade_i, track)
     peak, day_start, day = start_cash, start_cash, NO_TIME
     fill_leg, fill_price, fill_quantity = (
         np.zeros(MAX_LEGS + 1, np.int64),
@@ -154,23 +157,7 @@ def run(
         for i in np.argsort(times[:, 3], kind="mergesort"):
             if close_code[i] != 0 and side[i] != 0 and present[i]:
                 fill = market_price(opens[i], -float(side[i]), slippage_bps)
-                _fill(
-                    i,
-                    pos[i, QTY],
-                    fill,
-                    LEG_CLOSE,
-                    at,
-                    fee_bps,
-                    side,
-                    pos,
-                    times,
-                    legs,
-                    money,
-                    stats,
-                    trade_f,
-                    trade_i,
-                    track,
-                )
+                _fill(i, pos[i, QTY], fill, LEG_CLOSE, at, fee_bps, account)
         for i in range(n):
             if not np.isnan(stop_move[i]) and side[i] != 0:
                 pos[i, STOP] = stop_move[i]
@@ -205,23 +192,7 @@ def run(
             for f in range(count):
                 leg = LEG_STOP if fill_leg[f] < 0 else LEG_TP + fill_leg[f]
                 filled = min(fill_quantity[f], pos[i, QTY])
-                if _fill(
-                    i,
-                    filled,
-                    fill_price[f],
-                    leg,
-                    at,
-                    fee_bps,
-                    side,
-                    pos,
-                    times,
-                    legs,
-                    money,
-                    stats,
-                    trade_f,
-                    trade_i,
-                    track,
-                ):
+                if _fill(i, filled, fill_price[f], leg, at, fee_bps, account):
                     break
                 tp_price[i, fill_leg[f]] = np.nan
                 tp_quantity[i, fill_leg[f]] = 0.0
@@ -271,7 +242,7 @@ def run(
         # 5. the decision at the close
         n_win, n_loss = stats[N_WIN], stats[N_LOSS]
         payoff = (money[SUM_WIN] / n_win) / (money[SUM_LOSS] / n_loss) if n_win > 0 and n_loss > 0 else np.nan
-        considered, _ = decide_bar(
+        considered, mode = decide_bar(
             params, atr_table, profiles, equity, peak, day_start, stats[CLOSED], stats[STREAK], payoff,
             side, pos[:, QTY], pos[:, ENTRY], pos[:, STOP], pos[:, INITIAL_STOP], pos[:, BEST], times[:, 1],
             price,
@@ -284,7 +255,11 @@ def run(
         for k in range(considered):
             if outcome[k] > 0:
                 vetoes[n_vetoes, 0], vetoes[n_vetoes, 1], vetoes[n_vetoes, 2] = t, candidate[k], outcome[k]
-                vetoes[n_vetoes, 3], vetoes[n_vetoes, 4] = detail[k, 0], detail[k, 1]
+                vetoes[n_vetoes, 3], vetoes[n_vetoes, 4], vetoes[n_vetoes, 5] = (
+                    detail[k, 0],
+                    detail[k, 1],
+                    mode,
+                )
                 n_vetoes += 1
     count = stats[N_TRADES]
     book = (side, pos, tp_price, tp_quantity, times)

@@ -136,8 +136,8 @@ class Simulation:
         from tasks.strategy.engine import veto_reason
 
         out = []
-        for bar, symbol, code, *detail in self._vetoes.tolist():
-            reason = veto_reason(int(code), np.array(detail), Mode.NORMAL, self._risk)
+        for bar, symbol, code, first, second, mode in self._vetoes.tolist():
+            reason = veto_reason(int(code), np.array([first, second]), list(Mode)[int(mode)], self._risk)
             out.append((self.times[int(bar)], self.symbols[int(symbol)], reason))
         return out
 
