@@ -207,7 +207,7 @@ def backtest_of(
     candles = pd.concat([f.assign(symbol=s).reset_index() for s, f in frames.items()])
     volume = ["quote_volume"] if "quote_volume" in candles else []
     rows = rows[["symbol", "open_time", "p_up", "atr_pct", "regime"]].merge(
-        candles[["symbol", "open_time", "open", "high", "low", "close", "quote_volume"]],
+        candles[["symbol", "open_time", "open", "high", "low", "close", *volume]],
         on=["symbol", "open_time"],
     )
     with FakeExchange(now_ms=_ms(start)) as exchange:
