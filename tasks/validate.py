@@ -252,25 +252,6 @@ def validate_batches(
                 for (batch, _), frame in zip(batches, frames, strict=True)
             ]
     return [validate_batch(batch, closes) for batch, closes in batches]
-    frames = [prepare(batch, closes) for batch, closes in batches]
-    alike = len({b.interval for b, _ in batches}) == 1 and len({tuple(f.columns) for f in frames}) == 1
-    if alike and all(pd.api.types.is_integer_dtype(f["open_time"]) for f in frames if "open_time" in f):
-        stacked = pd.concat(
-            [f.assign(open_time=f["open_time"] + i * _BATCH_OFFSET_MS) if "open_time" in f else f
-             for i, f in enumerate(frames)],
-            ignore_index=True,
-        )  # fmt: skip
-        with _gx_lock:
-            batch_def, schema, values = _suites(interval_ms(batches[0][0].interval))
-            failures = _run(batch_def, schema, stacked, rows=False) or _run(
-                batch_def, values, stacked, rows=False
-            )
-        if not failures:
-            return [
-                (frame, ValidationReport(batch.label, batch.source, len(frame), ()))
-                for (batch, _), frame in zip(batches, frames, strict=True)
-            ]
-    return [validate_batch(batch, closes) for batch, closes in batches]
 
 
 def _run(batch_def: Any, suite: Any, frame: pd.DataFrame, rows: bool = True) -> list[Failure]:
