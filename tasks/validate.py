@@ -143,8 +143,41 @@ def prepare(batch: CandleBatch, stored_closes: pd.Series | None = None) -> pd.Da
 
     ``stored_closes`` (close by open time in ms) are the stored neighbours of the batch.
     """
-    frame, unparseable = coerce_numeric(batch.raw)
-    step = interval_ms(batch.interval)
+    frame = _prepare_columns(batch.raw, batch.interval)
+    if all(col in frame for col in REQUIRED_COLUMNS):
+        frame["price_vs_neighbours"] = _price_vs_neighbours(frame, stored_closes)
+    return frame
+
+
+def prepare_many(batches: Sequence[tuple[CandleBatch, pd.Series | None]]) -> list[pd.DataFrame]:
+    """:func:`prepare` of each batch, the column work done once over all of them.
+
+    The live tick's batches are a row or two per symbol: coercing them stacked costs one
+    set of pandas calls per tick instead of one per symbol. Batches of different intervals
+    or columns are prepared one by one.
+    """
+    raws = [batch.raw for batch, _ in batches]
+    if (
+        len(batches) < 2
+        or len({b.interval for b, _ in batches}) > 1
+        or len({tuple(r.columns) for r in raws}) > 1
+    ):
+        return [prepare(batch, closes) for batch, closes in batches]
+    stacked = _prepare_columns(pd.concat(raws, keys=range(len(raws))), batches[0][0].interval)
+    complete = all(col in stacked for col in REQUIRED_COLUMNS)
+    frames = []
+    for i, (_, closes) in enumerate(batches):
+        frame = pd.DataFrame(stacked.xs(i, level=0)).copy()
+        if complete:
+            frame["price_vs_neighbours"] = _price_vs_neighbours(frame, closes)
+        frames.append(frame)
+    return frames
+
+
+def _prepare_columns(raw: pd.DataFrame, interval: str) -> pd.DataFrame:
+    """Everything :func:`prepare` derives row by row (all but the neighbours' check)."""
+    frame, unparseable = coerce_numeric(raw)
+    step = interval_ms(interval)
     for col in OPTIONAL_COLUMNS:  # public files may lack these; required ones must exist
         if col not in frame:
             frame[col] = float("nan")
@@ -159,7 +192,6 @@ def prepare(batch: CandleBatch, stored_closes: pd.Series | None = None) -> pd.Da
         frame["open_time_offset_ms"] = frame["open_time"] % step
         frame["close_time_error_ms"] = frame["close_time"] - frame["open_time"] - (step - 1)
         frame["closed"] = frame["close_time"] < now_ms()  # a candle still forming is not data yet
-        frame["price_vs_neighbours"] = _price_vs_neighbours(frame, stored_closes)
     return frame
 
 
@@ -235,7 +267,7 @@ def validate_batches(
     """
     if len(batches) < 2:
         return [validate_batch(batch, closes) for batch, closes in batches]
-    frames = [prepare(batch, closes) for batch, closes in batches]
+    frames = prepare_many(batches)
     alike = len({b.interval for b, _ in batches}) == 1 and len({tuple(f.columns) for f in frames}) == 1
     complete = all(
         col in frames[0] for col in REQUIRED_COLUMNS
