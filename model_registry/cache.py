@@ -60,6 +60,8 @@ def _fetch(name: str, version: str, target: Path) -> None:
     import mlflow
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not (target / "MLmodel").exists():  # left half-removed by hand: not a copy
+        shutil.rmtree(target, ignore_errors=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:

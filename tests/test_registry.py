@@ -136,6 +136,8 @@ def test_a_version_is_fetched_once_into_the_homes_model_copy_and_loaded_from_the
         again, _ = load_ensemble(settings, "1h", version)
     assert "does not load: fetching it again" in caplog.text
     assert sorted(again.models) == sorted(ensemble.models)
+    (copy / "MLmodel").unlink()  # a copy missing its descriptor is not a copy: fetched again
+    assert sorted(load_ensemble(settings, "1h", version)[0].models) == sorted(ensemble.models)
     store = mlflow.MlflowClient().get_model_version_download_uri(model_name("1h", "spot"), version)
     shutil.rmtree(store.removeprefix("file://"))  # the registry's files gone: the copy still serves
     assert sorted(load_ensemble(settings, "1h", version)[0].models) == sorted(ensemble.models)
