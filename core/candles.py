@@ -108,16 +108,18 @@ def to_store_frame(raw: pd.DataFrame) -> pd.DataFrame:
     with their store dtypes; columns a source lacks are null.
     """
     index = pd.DatetimeIndex(pd.to_datetime(raw["open_time"].to_numpy(), unit="ms", utc=True))
-    out = pd.DataFrame(index=index.as_unit("ms").rename("open_time"))
+    columns: dict[str, object] = {}
     for col in FLOAT_COLUMNS:
-        values = raw.get(col, np.nan)
-        out[col] = pd.to_numeric(pd.Series(values, index=raw.index), errors="coerce").to_numpy(
-            dtype=np.float64
-        )
+        if col not in raw:
+            columns[col] = np.full(len(raw), np.nan)
+        elif raw[col].dtype == np.float64:  # validated frames are numeric already
+            columns[col] = raw[col].to_numpy()
+        else:
+            columns[col] = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=np.float64)
     trades = raw["trades"] if "trades" in raw else pd.Series(pd.NA, index=raw.index)
-    out["trades"] = pd.to_numeric(trades, errors="coerce").astype("Int64")
-    close_time = pd.to_datetime(raw["close_time"].to_numpy(), unit="ms", utc=True)
-    out["close_time"] = close_time.as_unit("ms")
+    columns["trades"] = pd.to_numeric(trades, errors="coerce").astype("Int64").array
+    columns["close_time"] = pd.to_datetime(raw["close_time"].to_numpy(), unit="ms", utc=True).as_unit("ms")
+    out = pd.DataFrame(columns, index=index.as_unit("ms").rename("open_time"))
     return out[list(KLINE_COLUMNS[1:])]
 
 

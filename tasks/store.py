@@ -3,13 +3,21 @@
 Writes are atomic (temp file in the same folder, fsync, rename, fsync the folder) and
 serialised per dataset with a file lock, so a crash at any point leaves either the old or
 the new file. Upserts are idempotent: re-ingesting rows already stored writes nothing.
+
+Files of up to :data:`CACHED_FILE_BYTES` are kept in memory as read (or as just written)
+while they stay the same file: a dataset is only ever replaced whole, so its inode, size and
+modification time name its content. The live tick reads each symbol's file several times a
+minute and writes it once; with the cache it reads it from disk only when another process
+replaced it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +32,10 @@ from core.candles import KLINE_COLUMNS, check_market, count_gaps, empty_candles,
 from core.errors import DamagedStoreError
 
 _VALUE_COLUMNS = list(KLINE_COLUMNS[1:])
+#: Dataset files up to this size on disk (≈ 150,000 candles) are cached in memory as read.
+CACHED_FILE_BYTES = 8 * 2**20
+#: Memory the cached frames may take together; the least recently used go first.
+CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -71,20 +83,16 @@ class CandleStore:
                 columns missing, duplicate or unsorted open times), naming it.
         """
         path = self.path(symbol, interval, market)
-        if not path.exists():
+        identity = _identity(path)
+        if identity is None:
             return empty_candles()
-        filters = []
-        if start is not None:
-            filters.append(("open_time", ">=", pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))))
-        if end is not None:
-            filters.append(("open_time", "<=", pa.scalar(end, type=pa.timestamp("ms", tz="UTC"))))
-        table = _read_table(path, filters=filters or None)
-        missing = [c for c in KLINE_COLUMNS if c not in table.column_names]
-        if missing:
-            raise DamagedStoreError(path, f"columns missing: {', '.join(missing)}")
-        frame = table.to_pandas().set_index("open_time")
-        check_order(frame.index, path)
-        return frame
+        frame = _CACHE.get(path, identity)
+        if frame is None and identity[1] > CACHED_FILE_BYTES:  # large: read only the rows asked for
+            return _load(path, _time_filters(start, end))
+        if frame is None:
+            frame = _load(path, None)
+            _CACHE.put(path, identity, frame)
+        return frame.loc[start:end].copy()
 
     def read_many(
         self,
@@ -123,6 +131,10 @@ class CandleStore:
         with _locked(path):
             stored = self.read(symbol, interval, market)
             incoming = candles[_VALUE_COLUMNS]
+            if len(incoming) and (stored.empty or incoming.index.min() > stored.index[-1]):
+                merged = pd.concat([stored, incoming.sort_index()]) if len(stored) else incoming.sort_index()
+                _atomic_write(merged, path)  # the live tick's case: new candles after the stored ones
+                return _summarise(merged, interval, len(incoming), 0)
             is_new = ~incoming.index.isin(stored.index)
             overlap = incoming.index[~is_new]
             if not overwrite:
@@ -149,12 +161,83 @@ class CandleStore:
     ) -> tuple[pd.Timestamp, pd.Timestamp] | None:
         """Oldest and newest stored open time (reads that column only); None when empty."""
         path = self.path(symbol, interval, market)
-        if not path.exists():
+        identity = _identity(path)
+        if identity is None:
             return None
+        cached = _CACHE.get(path, identity)
+        if cached is not None:
+            return (cached.index[0], cached.index[-1]) if len(cached) else None
         times = _read_table(path, columns=["open_time"]).column("open_time")
         if len(times) == 0:
             return None
         return pd.Timestamp(times[0].as_py()), pd.Timestamp(times[-1].as_py())
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime ns) of a dataset file, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+_Filters = list[tuple[str, str, pa.Scalar]]
+
+
+def _time_filters(start: pd.Timestamp | None, end: pd.Timestamp | None) -> _Filters | None:
+    ms = pa.timestamp("ms", tz="UTC")
+    filters = [("open_time", ">=", pa.scalar(start, type=ms))] if start is not None else []
+    filters += [("open_time", "<=", pa.scalar(end, type=ms))] if end is not None else []
+    return filters or None
+
+
+def _load(path: Path, filters: _Filters | None) -> pd.DataFrame:
+    """A dataset file as a frame indexed by ``open_time``, checked as :meth:`CandleStore.read` says."""
+    table = _read_table(path, filters=filters)
+    missing = [c for c in KLINE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DamagedStoreError(path, f"columns missing: {', '.join(missing)}")
+    frame = table.to_pandas().set_index("open_time")
+    check_order(frame.index, path)
+    return frame
+
+
+class _FrameCache:
+    """Frames of dataset files by path, each valid while its file has the same identity.
+
+    Readers get copies (see :meth:`CandleStore.read`), so nothing outside changes a cached frame.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[Path, tuple[tuple[int, int, int], pd.DataFrame, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, identity: tuple[int, int, int]) -> pd.DataFrame | None:
+        with self._lock:
+            held = self._frames.get(path)
+            if held is None or held[0] != identity:
+                return None
+            self._frames.move_to_end(path)
+            return held[1]
+
+    def put(self, path: Path, identity: tuple[int, int, int], frame: pd.DataFrame) -> None:
+        size = int(frame.memory_usage(index=True, deep=False).sum())
+        with self._lock:
+            self._frames.pop(path, None)
+            if size > self.max_bytes:
+                return
+            self._frames[path] = (identity, frame, size)
+            while sum(held[2] for held in self._frames.values()) > self.max_bytes:
+                self._frames.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+
+_CACHE = _FrameCache(CACHE_BYTES)
 
 
 def _read_table(path: Path, **options: object) -> pa.Table:
@@ -239,7 +322,10 @@ def _atomic_write(frame: pd.DataFrame, path: Path) -> None:
     """Replace a dataset file; called under its lock, so a crashed writer's temp files can go."""
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    write_parquet_atomic(frame.reset_index(), path)
+    table = write_parquet_atomic(frame.reset_index(), path)
+    identity = _identity(path)
+    if identity is not None and identity[1] <= CACHED_FILE_BYTES:
+        _CACHE.put(path, identity, table.to_pandas().set_index("open_time"))  # what a read would give
 
 
 def check_writable(path: Path, field: str) -> None:
@@ -265,10 +351,11 @@ def check_writable(path: Path, field: str) -> None:
         ) from err
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> pa.Table:
     """Write ``frame`` (its columns, not its index) so readers see the old or the new file only.
 
-    Temp file in the same folder, fsync, rename over ``path``, fsync the folder.
+    Temp file in the same folder, fsync, rename over ``path``, fsync the folder. Returns the
+    Arrow table written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -287,3 +374,4 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return table

@@ -287,13 +287,14 @@ def validate_batches(
 
 
 def _run(batch_def: Any, suite: Any, frame: pd.DataFrame, rows: bool = True) -> list[Failure]:
-    """The suite's failures on ``frame`` (``rows=False``: without naming the rows)."""
+    """The suite's failures on ``frame``.
+
+    ``rows=False``: which expectations failed, without counting or naming the rows (GX's
+    ``BOOLEAN_ONLY``, less than half the time of ``COMPLETE`` on a live tick's batches).
+    """
+    detailed = {"result_format": "COMPLETE", "unexpected_index_column_names": list(ORIGIN_COLUMNS)}
     result = batch_def.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite,
-        result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": list(ORIGIN_COLUMNS),
-        },
+        suite, result_format=detailed if rows else {"result_format": "BOOLEAN_ONLY"}
     )
     failures = []
     for res in result.results:

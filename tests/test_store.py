@@ -118,3 +118,39 @@ def test_optional_values_are_neither_missed_nor_erased(tmp_path: Path, btc_raw: 
     again = store.upsert("BTCUSDT", "1h", "spot", bare)  # re-importing the bare file ...
     assert again.rows_updated == 0
     assert store.read("BTCUSDT", "1h")["trades"].tolist() == [10, 20, 30]  # ... keeps them
+
+
+def test_cached_reads_are_what_the_file_holds(
+    tmp_path: Path, btc_raw: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-memory copy equals a cold read, follows a file replaced from outside, and is never shared."""
+    import pyarrow.parquet as pq
+
+    from core.errors import DamagedStoreError
+    from tasks import store as store_module
+
+    store = CandleStore(tmp_path)
+    store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw.iloc[:300]))
+    store.upsert("BTCUSDT", "1h", "spot", to_store_frame(btc_raw.iloc[300:301]))  # appended, cached
+    warm = store.read("BTCUSDT", "1h")
+    store_module._CACHE.clear()
+    pd.testing.assert_frame_equal(warm, store.read("BTCUSDT", "1h"))
+    assert store.time_range("BTCUSDT", "1h") == (warm.index[0], warm.index[-1])
+
+    warm["close"] = 0.0  # a caller changing its frame changes nothing stored or cached
+    assert (store.read("BTCUSDT", "1h")["close"] > 0).all()
+
+    path = store.path("BTCUSDT", "1h")
+    outside = to_store_frame(btc_raw.iloc[:10]).reset_index()
+    pq.write_table(pq.read_table(path).slice(0, 0), path)  # emptied in place by another tool
+    assert store.read("BTCUSDT", "1h").empty and store.time_range("BTCUSDT", "1h") is None
+    store_module.write_parquet_atomic(outside, path)  # another process replaced it
+    assert len(store.read("BTCUSDT", "1h")) == 10
+    path.write_bytes(b"not parquet")
+    with pytest.raises(DamagedStoreError, match=r"BTCUSDT\.parquet"):
+        store.read("BTCUSDT", "1h")
+
+    monkeypatch.setattr(store_module, "CACHED_FILE_BYTES", 0)  # large files: read the rows asked for
+    store_module.write_parquet_atomic(to_store_frame(btc_raw.iloc[:300]).reset_index(), path)
+    start, end = warm.index[10], warm.index[19]
+    assert store.read("BTCUSDT", "1h", start=start, end=end).index.tolist() == warm.index[10:20].tolist()
