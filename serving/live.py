@@ -115,11 +115,14 @@ class ModelCache:
         return self.loaded[version], version, None
 
 
-def update_candles(settings: Settings, source: Any, config: LiveConfig) -> dict[str, str]:
+def update_candles(
+    settings: Settings, source: Any, config: LiveConfig, server_now_ms: int | None = None
+) -> dict[str, str]:
     """Fetch the universe's new closed candles, validate them in one GX run, store them.
 
-    Returns symbol → error for those that could not be fetched or failed validation
-    (quarantined, nothing stored).
+    ``server_now_ms``: the venue's clock for the tick (one reading decides for every symbol
+    which candles have closed; None: read per symbol). Returns symbol → error for those that
+    could not be fetched or failed validation (quarantined, nothing stored).
     """
     from tasks.ingest import fetch_binance, store_batches
 
@@ -127,7 +130,9 @@ def update_candles(settings: Settings, source: Any, config: LiveConfig) -> dict[
     for symbol in config.symbols:
         try:
             batches.append(
-                fetch_binance(symbol, config.interval, config.market, None, None, settings, source)
+                fetch_binance(
+                    symbol, config.interval, config.market, None, None, settings, source, server_now_ms
+                )
             )
         except QTError as err:
             errors[symbol] = str(err)

@@ -108,10 +108,16 @@ class LiveLoop:
         report.model_version = version
         report.errors += [problem] if problem else []
         clock.lap("model")
-        failed = live.update_candles(self.settings, self.source, config)
-        report.errors += [f"{symbol}: {error}" for symbol, error in failed.items()]
+        try:  # one reading of the venue's clock decides for every symbol what has closed
+            venue_now: pd.Timestamp | None = pd.Timestamp(self.source.server_time_ms(), unit="ms", tz="UTC")
+        except QTError as err:
+            venue_now = None
+            report.errors.append(f"venue clock unreachable: {err}")
+        if venue_now is not None:
+            failed = live.update_candles(self.settings, self.source, config, venue_now.value // 1_000_000)
+            report.errors += [f"{symbol}: {error}" for symbol, error in failed.items()]
         spans = self._newest_per_symbol()
-        report.errors += self._stale(spans)
+        report.errors += self._stale(spans, venue_now)
         clock.lap("candles")
         newest = max(spans.values()) if spans else None
         if newest is None or (self.last_bar is not None and newest <= self.last_bar):
@@ -204,12 +210,10 @@ class LiveLoop:
         spans = {s: self.store.time_range(s, config.interval, config.market) for s in config.symbols}
         return {s: span[1] for s, span in spans.items() if span is not None}
 
-    def _stale(self, newest: dict[str, pd.Timestamp]) -> list[str]:
+    def _stale(self, newest: dict[str, pd.Timestamp], now: pd.Timestamp | None) -> list[str]:
         """Symbols with no new closed candle for 3 intervals (they get no new positions)."""
-        try:
-            now = pd.Timestamp(self.source.server_time_ms(), unit="ms", tz="UTC")
-        except QTError as err:
-            return [f"venue clock unreachable: {err}"]
+        if now is None:
+            return []  # the venue's clock is unreachable: said once already
         step = self.config.step
         return [
             f"{symbol}: stale feed, no closed candle since {bar + step} (3 intervals or more)"
@@ -247,9 +251,15 @@ class LiveLoop:
         set_price = getattr(self.broker, "set_price", None)
         if set_price is None:
             return
+        many = getattr(self.price_of, "many", None)  # the venue's prices in one request
+        try:
+            prices = many(self.config.symbols) if many is not None else {}
+        except QTError as err:
+            log.warning("no prices in one request (%s): asking per symbol", err)
+            prices = {}
         for symbol in self.config.symbols:
             try:
-                set_price(symbol, self.price_of(symbol), at=at)
+                set_price(symbol, prices[symbol] if symbol in prices else self.price_of(symbol), at=at)
             except QTError as err:
                 log.warning("%s: no price (%s)", symbol, err)
 

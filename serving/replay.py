@@ -13,7 +13,7 @@ newest candle the same way.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -166,17 +166,35 @@ def _symbols(store: CandleStore, config: LiveConfig) -> list[str]:
     return list(dict.fromkeys([*config.symbols, *([cross] if cross in stored else [])]))
 
 
-def price_of(client: Any, market: str) -> Callable[[str], Decimal]:
-    """The venue's last price of a symbol (errors as ours: retryable, or refused naming the code)."""
-    from serving.brokers.binance_venue import FuturesVenue
+class VenuePrices:
+    """The venue's last prices: ``prices(symbol)`` for one, ``prices.many(symbols)`` in one request.
 
-    ticker = client.futures_symbol_ticker if market == "futures" else client.get_symbol_ticker
-    venue = FuturesVenue(client, 1, lambda _: None)
+    Errors are ours: retryable, or refused naming the venue's code.
+    """
 
-    def price(symbol: str) -> Decimal:
-        return Decimal(str(venue.call(ticker, symbol=symbol)["price"]))
+    def __init__(self, client: Any, market: str) -> None:
+        from serving.brokers.binance_venue import FuturesVenue
 
-    return price
+        self.ticker = client.futures_symbol_ticker if market == "futures" else client.get_symbol_ticker
+        self.venue = FuturesVenue(client, 1, lambda _: None)
+
+    def __call__(self, symbol: str) -> Decimal:
+        """The last price of one symbol."""
+        return Decimal(str(self.venue.call(self.ticker, symbol=symbol)["price"]))
+
+    def many(self, symbols: Sequence[str]) -> dict[str, Decimal]:
+        """The prices of ``symbols`` the venue lists, from one request for all of its symbols."""
+        wanted = set(symbols)
+        return {
+            t["symbol"]: Decimal(str(t["price"]))
+            for t in self.venue.call(self.ticker)
+            if t["symbol"] in wanted
+        }
+
+
+def price_of(client: Any, market: str) -> VenuePrices:
+    """The venue's last price of a symbol (and of many at once, :meth:`VenuePrices.many`)."""
+    return VenuePrices(client, market)
 
 
 def _ms(when: pd.Timestamp) -> int:

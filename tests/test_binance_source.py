@@ -205,3 +205,18 @@ def test_a_wait_longer_than_allowed_stops_instead_of_retrying_early(
         source(settings, exchange, sleeps=sleeps).klines("BTCUSDT", "1h", hours_ago(exchange, 5))
     assert caught.value.retry_after == 600 and sleeps == []
     assert len(kline_requests(exchange)) == 1  # no second request during the ban
+
+
+def test_last_prices_of_many_symbols_come_in_one_request(exchange: FakeExchange) -> None:
+    """The live tick asks the venue for every symbol's price at once (Binance's ticker without a symbol)."""
+    from serving.replay import VenuePrices
+
+    for market in ("spot", "futures"):
+        prices = VenuePrices(exchange.client(), market)
+        before = len(exchange.requests)
+        both = prices.many(["BTCUSDT", "ETHUSDT"])
+        (path, params), *_ = exchange.requests[before:]
+        assert (
+            len(exchange.requests) == before + 1 and path.endswith("ticker/price") and "symbol" not in params
+        )
+        assert both == {"BTCUSDT": prices("BTCUSDT")}  # ETH is not listed

@@ -180,6 +180,25 @@ def test_exchange_down_for_several_ticks_fails_closed_then_catches_up(
     assert len(journal.recent_events(50, "tick_errors")) >= 3  # and the journal says why
 
 
+def test_a_tick_reads_the_venue_clock_and_prices_once(trained: tuple[Settings, Ensemble]) -> None:
+    """One server-time and one ticker request per tick whatever the universe (each is a round trip live)."""
+
+    settings, _ = trained
+    marks: list[tuple[FakeExchange, int]] = []  # the local exchange and its request count before tick 1
+    replay(
+        settings,
+        _eager(),
+        "paper",
+        UNTIL,
+        UNTIL + 2 * HOUR,
+        chaos={1: lambda ex: marks.append((ex, len(ex.requests)))},
+    )
+    exchange, before = marks[0]
+    paths = [path.rsplit("/", 1)[-1] for path, _ in exchange.requests[before:]]
+    assert paths.count("time") == 2 and paths.count("price") == 2  # ticks 1 and 2
+    assert paths.count("klines") == 2 * len(SYMBOLS)  # one new candle per symbol and tick
+
+
 def test_a_stale_feed_is_reported_and_gets_no_new_positions(trained: tuple[Settings, Ensemble]) -> None:
     settings, _ = trained
     store = CandleStore(settings.store_dir)

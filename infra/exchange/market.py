@@ -32,6 +32,12 @@ class _MarketData(_ExchangeBase):
             return 200, self._exchange_info(market, now)
         if endpoint == "klines":
             return 200, self._klines(market, params, now)
+        if endpoint == "ticker/price" and "symbol" not in params:  # every symbol's, as Binance answers
+            return 200, [
+                {"symbol": sym, "price": _s(self.price(sym, market))}
+                for (m, sym), series in sorted(self._match_series().items())
+                if m == market and series.open_time[0] <= now  # listed once its first candle has opened
+            ]
         if endpoint == "ticker/price":  # the last price: the open of the candle forming now
             return 200, {
                 "symbol": self._symbol(market, params),

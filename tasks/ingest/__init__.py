@@ -206,13 +206,24 @@ def fetch_binance(
     end: pd.Timestamp | None,
     settings: Settings,
     source: BinanceKlineSource | None = None,
+    server_now_ms: int | None = None,
 ) -> CandleBatch:
-    """The closed candles of one symbol the store still lacks (backfill and/or update), unvalidated."""
+    """The closed candles of one symbol the store still lacks (backfill and/or update), unvalidated.
+
+    ``server_now_ms``: the venue's clock, read once by the caller for many symbols (else per request).
+    """
     source = source or BinanceKlineSource(settings, market)
     store = CandleStore(settings.store_dir)
     key = f"{symbol} {interval}"
     pieces = [
-        source.klines(symbol, interval, lo, hi, progress=lambda d, t: progress.report(key, d, t)).raw
+        source.klines(
+            symbol,
+            interval,
+            lo,
+            hi,
+            progress=lambda d, t: progress.report(key, d, t),
+            server_now_ms=server_now_ms,
+        ).raw
         for lo, hi in fetch_ranges(
             store, symbol, interval, market, start, end, settings.default_lookback_days
         )

@@ -88,14 +88,17 @@ class BinanceKlineSource:
         start_ms: int,
         end_ms: int | None = None,
         progress: ProgressFn | None = None,
+        server_now_ms: int | None = None,
     ) -> CandleBatch:
         """Closed candles with ``start_ms <= open_time <= end_ms`` as a raw batch.
 
         Rows keep Binance's values as returned (strings for prices); ``source_row`` is the
-        candle's position in the download, so a malformed row can be named.
+        candle's position in the download, so a malformed row can be named. A candle has
+        closed when the venue's clock (``server_now_ms``, else asked now) is past it; the
+        live tick reads the clock once for all its symbols.
         """
         step = interval_ms(interval)
-        server_now = self.server_time_ms()
+        server_now = self.server_time_ms() if server_now_ms is None else server_now_ms
         last_closed_open = (server_now // step) * step - step
         end = last_closed_open if end_ms is None else min(end_ms, last_closed_open)
         fetch = self.client.get_klines if self.market == "spot" else self.client.futures_klines
