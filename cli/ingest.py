@@ -139,8 +139,8 @@ def validate(
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from tasks.quarantine import validate_store
         from tasks.store import CandleStore
-        from tasks.validate import validate_store
 
         ival = interval or settings.default_interval
         store = CandleStore(settings.store_dir)

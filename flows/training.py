@@ -83,7 +83,7 @@ def validate_task(
     settings: Settings, symbols: list[str] | None, interval: str, market: str
 ) -> dict[str, Any]:
     """The Great Expectations suite over the stored candles (fails naming what failed)."""
-    from tasks.validate import validate_store
+    from tasks.quarantine import validate_store
 
     return validate_store(CandleStore(settings.store_dir), symbols, interval, market)
 

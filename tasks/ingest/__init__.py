@@ -20,8 +20,9 @@ from core.timeutil import now_ms, to_iso, to_ms
 from tasks.batch import CandleBatch, coerce_numeric
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import combine_files, read_candle_file
+from tasks.quarantine import quarantine
 from tasks.store import CandleStore, UpsertResult
-from tasks.validate import NEIGHBOURS, quarantine, validate_batches
+from tasks.validate import NEIGHBOURS, validate_batches
 
 log = logging.getLogger(__name__)
 
