@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,11 @@ def test_optuna_tunes_inside_the_training_window_and_persists_the_study(
     again = get_model("lgbm", config).fit(train, valid)
     assert optuna.load_study(study_name=summary.study_name, storage=storage).trials.__len__() == 4
     assert again.report["params"] == model.report["params"]
+    # Other fixed parameters on the same fold: a study of its own, never the trials above.
+    other = replace(config, params={"lgbm": {"num_boost_round": 40}})
+    changed = get_model("lgbm", other).fit(train, valid)
+    assert changed.report["optuna"]["study"] != summary.study_name
+    assert changed.report["optuna"]["trials"] == 4 and len(optuna.get_all_study_summaries(storage)) == 2
 
 
 def test_tft_reports_its_variable_importance(sample_matrix: pd.DataFrame) -> None:

@@ -12,6 +12,7 @@ without (climatology 0.6932). The stacker recalibrates the combination anyway.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from abc import abstractmethod
 from typing import Any, ClassVar, Self
@@ -87,7 +88,9 @@ class BoostingModel(ProbaModel):
         """Optuna search on the training window only; returns the best parameters found.
 
         The study is named after the data it saw (a fingerprint of the rows' times and
-        symbols) and the seed, so re-running the same fold reuses its finished trials.
+        symbols), the set-up it searched in (profile, fixed parameters, feature columns)
+        and the seed: re-running the same fold reuses its finished trials, and a run with
+        other settings starts a study of its own instead of reusing trials it did not run.
         """
         import optuna
 
@@ -102,8 +105,14 @@ class BoostingModel(ProbaModel):
                 f"sqlite:///{self.config.study_dir / 'optuna.db'}",
                 engine_kwargs={"connect_args": {"timeout": 120}},
             )
+        setup = json.dumps(
+            {"profile": self.config.profile, "fixed": base, "columns": self.columns},
+            sort_keys=True,
+            default=str,
+        )
+        setup_hash = hashlib.sha256(setup.encode()).hexdigest()[:8]
         study = optuna.create_study(
-            study_name=f"{self.name}-{_fingerprint(train, early)}-seed{self.config.seed}",
+            study_name=f"{self.name}-{_fingerprint(train, early)}-{setup_hash}-seed{self.config.seed}",
             storage=storage,
             load_if_exists=True,
             direction="minimize",
