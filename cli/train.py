@@ -270,8 +270,10 @@ def evaluate(
 ) -> None:
     """Out-of-sample metrics and backtest of a registered model on stored data, with baselines.
 
-    Default range: from the first bar after the model's training data to the newest
-    labelled bar, so the figures are out of sample (an earlier --start is flagged).
+    Default range: from the first bar after the model's training data and after the rows
+    its promotion gate judged it on, to the newest labelled bar, so the figures are out of
+    sample and did not choose the model (an earlier --start is flagged). The backtest
+    trades the model's own registered policy and edge scale.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
@@ -280,7 +282,7 @@ def evaluate(
         from core.candles import check_market, interval_ms
         from core.timeutil import parse_utc
         from model_registry.evaluate import evaluate_ensemble
-        from model_registry.registry import load_ensemble
+        from model_registry.registry import describe_version, load_ensemble
         from tasks.backtest import Costs
         from tasks.features.dataset import features_from_store
         from tasks.store import CandleStore
@@ -289,6 +291,7 @@ def evaluate(
         step = pd.Timedelta(milliseconds=interval_ms(ival))
         check_market(market)
         ensemble, version = load_ensemble(settings, ival, model, market=market)
+        gated = describe_version(settings, ival, version, market=market)["tags"].get("gate.rows_until")
         matrix = features_from_store(CandleStore(settings.store_dir), parse_symbols(symbols), ival, market)
         report = evaluate_ensemble(
             ensemble,
@@ -297,6 +300,7 @@ def evaluate(
             Costs.from_settings(settings, market),
             parse_utc(start, "--start"),
             parse_utc(end, "--end"),
+            pd.Timestamp(gated) if gated else None,
         )
         document = {"model_version": version, **report}
         rows = [["model (stacker)", report["classification"], report["backtest"]]]
@@ -316,7 +320,8 @@ def evaluate(
         stderr.print(
             f"version {version}, {report['rows']:,} rows {report['start'][:16]} → {report['end'][:16]}; "
             f"climatology log loss {clim:.5f}"
-            + (" (IN SAMPLE: overlaps training data)" if report["in_sample"] else ""),
+            + (" (IN SAMPLE: overlaps training data)" if report["in_sample"] else "")
+            + (" (includes the rows the promotion gate judged it on)" if report["gate_rows"] else ""),
             highlight=False,
         )
         return document, table(

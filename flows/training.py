@@ -247,6 +247,8 @@ def promote_task(
         "gate.decision": "promoted" if decision["promoted"] else "rejected",
         "gate.reason": decision["reason"],
     }
+    if shadow_report.get("end"):  # qt evaluate starts after the rows the gate judged on
+        tags["gate.rows_until"] = str(shadow_report["end"])
     shadow_figures = shadow_report.get("challenger") or {}
     tags.update(
         {

@@ -45,6 +45,7 @@ def evaluate(
     costs: Costs,
     policy: Policy | None = None,
     model: str = "stacker",
+    abs_return: dict[str, float] | None = None,
 ) -> Evaluation:
     """Classification and backtest figures of ``model``'s OOF P(up), with baselines.
 
@@ -56,6 +57,9 @@ def evaluate(
         costs: fees, slippage, funding.
         policy: the P(up) → position policy (default :class:`Policy`).
         model: whose P(up) is the product's (default the stacker).
+        abs_return: symbol → edge scale (mean absolute bar return); default: measured on
+            the matrix rows before the first OOF row. A registered ensemble passes its own,
+            so its backtest trades as it would live.
     """
     policy = policy or Policy()
     col = f"{PREFIX}{model}"
@@ -64,7 +68,10 @@ def evaluate(
     )
     start = rows["open_time"].min()
     earlier = matrix[matrix["open_time"] < start]
-    abs_return = {str(s): float(g.abs().mean()) for s, g in earlier.groupby("symbol")["target_log_return"]}
+    if abs_return is None:
+        abs_return = {
+            str(s): float(g.abs().mean()) for s, g in earlier.groupby("symbol")["target_log_return"]
+        }
     y = rows["target_up"].to_numpy()
     clim = rows["climatology"].to_numpy(dtype=np.float64)
     names = [c.removeprefix(PREFIX) for c in rows.columns if c.startswith(PREFIX)]

@@ -111,6 +111,15 @@ def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple
     missing = qt("evaluate", "--model", "challenger", "--json", home=settings.home)
     assert missing.returncode == 2 and "run qt retrain" in missing.stdout
 
+    # The rows the gate judged the version on (its shadow window) are left out by default too.
+    from model_registry.registry import tag_version
+
+    gated = pd.Timestamp(doc["start"]) + pd.Timedelta(days=7)
+    tag_version(settings, "1h", "1", {"gate.rows_until": str(gated)})
+    after = json.loads(qt("evaluate", "--model", "champion", "--json", home=settings.home).stdout)
+    assert pd.Timestamp(after["start"]) == gated + pd.Timedelta(hours=1) and after["gate_rows"] is False
+    assert after["rows"] < doc["rows"] and after["gated_until"] == str(gated)
+
 
 def test_a_version_is_fetched_once_into_the_homes_model_copy_and_loaded_from_there(
     registered: tuple[Settings, Ensemble], caplog: pytest.LogCaptureFixture
