@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
@@ -247,9 +246,7 @@ def _money(value: float) -> Decimal:
     return Decimal(str(round(value, 8)))
 
 
-def execute(
-    broker: Broker, decisions: Decisions, bar_time: pd.Timestamp, price_of: Callable[[str], Decimal]
-) -> tuple[int, list[str]]:
+def execute(broker: Broker, decisions: Decisions, bar_time: pd.Timestamp) -> tuple[int, list[str]]:
     """Closes, stop moves and entries through the broker: (orders placed, errors)."""
     placed, errors = 0, []
     held = {p.symbol: p for p in broker.positions()}

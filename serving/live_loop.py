@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -30,6 +30,9 @@ from tasks.store import CandleStore
 from tasks.strategy.engine import Decisions, Grids
 from tasks.strategy.market import MarketWindow
 from tasks.strategy.simulate import signals_at
+
+if TYPE_CHECKING:
+    from serving.replay import VenuePrices
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class LiveLoop:
         broker: where orders go.
         journal: the broker's journal.
         source: the kline source candles come from (python-binance against the venue).
-        price_of: the venue's last price of a symbol (the paper broker fills at it).
+        price_of: the venue's last prices (the paper broker fills at them).
         start_equity: the account's equity when trading began (None: its first snapshot).
     """
 
@@ -87,7 +90,7 @@ class LiveLoop:
         broker: Broker,
         journal: Journal,
         source: Any,
-        price_of: Callable[[str], Decimal],
+        price_of: VenuePrices,
         start_equity: float | None,
     ) -> None:
         self.settings, self.config, self.broker, self.journal = settings, config, broker, journal
@@ -109,15 +112,15 @@ class LiveLoop:
         report.errors += [problem] if problem else []
         clock.lap("model")
         try:  # one reading of the venue's clock decides for every symbol what has closed
-            venue_now: pd.Timestamp | None = pd.Timestamp(self.source.server_time_ms(), unit="ms", tz="UTC")
+            venue_ms: int | None = self.source.server_time_ms()
         except QTError as err:
-            venue_now = None
+            venue_ms = None
             report.errors.append(f"venue clock unreachable: {err}")
-        if venue_now is not None:
-            failed = live.update_candles(self.settings, self.source, config, venue_now.value // 1_000_000)
+        if venue_ms is not None:
+            failed = live.update_candles(self.settings, self.source, config, venue_ms)
             report.errors += [f"{symbol}: {error}" for symbol, error in failed.items()]
         spans = self._newest_per_symbol()
-        report.errors += self._stale(spans, venue_now)
+        report.errors += self._stale(spans, venue_ms)
         clock.lap("candles")
         newest = max(spans.values()) if spans else None
         if newest is None or (self.last_bar is not None and newest <= self.last_bar):
@@ -180,7 +183,7 @@ class LiveLoop:
             self._shadow(features, newest, digests)
         clock.lap("predict")
         self._set_prices(newest + config.step)
-        report.orders, errors = live.execute(self.broker, decisions, newest, self.price_of)
+        report.orders, errors = live.execute(self.broker, decisions, newest)
         report.errors += errors
         report.vetoes = len(decisions.vetoes)
         live.journal_decisions(self.journal, decisions, newest, signal_ids, version)
@@ -210,11 +213,11 @@ class LiveLoop:
         spans = {s: self.store.time_range(s, config.interval, config.market) for s in config.symbols}
         return {s: span[1] for s, span in spans.items() if span is not None}
 
-    def _stale(self, newest: dict[str, pd.Timestamp], now: pd.Timestamp | None) -> list[str]:
+    def _stale(self, newest: dict[str, pd.Timestamp], now_ms: int | None) -> list[str]:
         """Symbols with no new closed candle for 3 intervals (they get no new positions)."""
-        if now is None:
+        if now_ms is None:
             return []  # the venue's clock is unreachable: said once already
-        step = self.config.step
+        now, step = pd.Timestamp(now_ms, unit="ms", tz="UTC"), self.config.step
         return [
             f"{symbol}: stale feed, no closed candle since {bar + step} (3 intervals or more)"
             for symbol, bar in newest.items()
@@ -251,17 +254,16 @@ class LiveLoop:
         set_price = getattr(self.broker, "set_price", None)
         if set_price is None:
             return
-        many = getattr(self.price_of, "many", None)  # the venue's prices in one request
         try:
-            prices = many(self.config.symbols) if many is not None else {}
+            prices = self.price_of.many(self.config.symbols)  # one request for the universe
         except QTError as err:
-            log.warning("no prices in one request (%s): asking per symbol", err)
-            prices = {}
+            log.warning("no prices from the venue (%s): fills keep the last ones", err)
+            return
         for symbol in self.config.symbols:
-            try:
-                set_price(symbol, prices[symbol] if symbol in prices else self.price_of(symbol), at=at)
-            except QTError as err:
-                log.warning("%s: no price (%s)", symbol, err)
+            if symbol in prices:
+                set_price(symbol, prices[symbol], at=at)
+            else:
+                log.warning("%s: the venue lists no price", symbol)
 
     def _shadow(self, features: pd.DataFrame, newest: pd.Timestamp, digests: dict[str, str]) -> None:
         """The challenger's predictions, journalled beside the champion's, never traded."""
