@@ -374,20 +374,31 @@ def demo(models: ModelsOpt = None, home: HomeOpt = None, as_json: JsonOpt = Fals
 
 
 def _demo_replay(settings: Settings, show: bool) -> dict[str, Any] | None:
-    """The champion through the live loop over the newest 12 stored hours (None: no champion)."""
+    """The champion through the live loop over the newest 12 stored hours.
+
+    When the gate refused the challenger and there is no champion, the challenger is
+    replayed instead, labelled "not promoted — demo only" (the ``champion`` alias does not
+    move); None when the registry holds neither.
+    """
+    from dataclasses import replace
+
     from cli.live import _after_store, _config, _document, _status
     from model_registry.registry import alias_version
     from serving.replay import replay
 
-    if alias_version(settings, settings.default_interval, "champion") is None:
-        stderr.print("no champion: no replay", highlight=False)
-        return None
     config = _config(settings, None, "spot", None)
+    label = "champion"
+    if alias_version(settings, settings.default_interval, "champion") is None:
+        if alias_version(settings, settings.default_interval, "challenger") is None:
+            stderr.print("no champion and no challenger: no replay", highlight=False)
+            return None
+        config, label = replace(config, model_alias="challenger"), "challenger (not promoted — demo only)"
     start = _after_store(settings, config) - 12 * config.step
     summary, target = replay(settings, config, "paper", start, None, 0.0, None, _status(not show))
     document = _document(summary, target, "paper", "spot", replay=str(target.home))
+    document["model_alias"], document["label"] = config.model_alias, label
     stderr.print(
-        f"replayed {document['ticks']} hours with champion v{document['model_version']}: "
+        f"replayed {document['ticks']} hours with {label} v{document['model_version']}: "
         f"{document['orders']} orders, {document['open_positions']} open, "
         f"{document['unprotected_positions']} unprotected; journal in {target.home}",
         highlight=False,

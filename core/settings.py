@@ -53,11 +53,29 @@ class Settings(BaseSettings):
     # Trade journal: SQLite under home unless a SQLAlchemy URL is named (e.g. Postgres).
     journal_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/qt")
 
-    # Costs of the backtest (fractions in bps of traded notional, per side).
-    taker_fee_bps: float = Field(default=4.0, ge=0)
-    maker_fee_bps: float = Field(default=2.0, ge=0)
+    # Costs per market (bps of traded notional, per side): Binance's regular tier.
+    spot_taker_fee_bps: float = Field(default=10.0, ge=0, description="spot taker fee; 7.5 paying in BNB")
+    spot_maker_fee_bps: float = Field(default=10.0, ge=0, description="spot maker fee; 7.5 paying in BNB")
+    futures_taker_fee_bps: float = Field(default=5.0, ge=0, description="USD-M futures taker fee")
+    futures_maker_fee_bps: float = Field(default=2.0, ge=0, description="USD-M futures maker fee")
+    taker_fee_bps: float | None = Field(
+        default=None, ge=0, description="old name: when set, the taker fee of both markets"
+    )
+    maker_fee_bps: float | None = Field(
+        default=None, ge=0, description="old name: when set, the maker fee of both markets"
+    )
     slippage_bps: float = Field(default=1.0, ge=0)
     funding_rate_8h: float = Field(default=0.0001, description="perpetual futures funding per 8 h")
+
+    def fees_bps(self, market: str) -> tuple[float, float]:
+        """(taker, maker) fee per side in bps on ``market``; the old single names override both."""
+        futures = market == "futures"
+        taker = self.futures_taker_fee_bps if futures else self.spot_taker_fee_bps
+        maker = self.futures_maker_fee_bps if futures else self.spot_maker_fee_bps
+        return (
+            taker if self.taker_fee_bps is None else self.taker_fee_bps,
+            maker if self.maker_fee_bps is None else self.maker_fee_bps,
+        )
 
     # Trading (paper broker; Binance takes its own account's balance).
     paper_cash: float = Field(default=10_000.0, gt=0, description="the paper account's starting quote cash")

@@ -41,7 +41,7 @@ from core.settings import Settings, load_settings
 from core.timeutil import parse_utc
 from model_registry.ensemble import Ensemble, assemble_ensemble
 from model_registry.promotion import GateConfig, decide, shadow, shared_rows
-from tasks.backtest import Costs
+from tasks.backtest import Costs, Policy
 from tasks.evaluation import Evaluation, evaluate
 from tasks.models import ModelConfig, parse_models
 from tasks.models.base import TARGET
@@ -231,12 +231,15 @@ def promote_task(
     costs: Costs,
     gate: GateConfig,
     champion: str | None,
+    policy: Policy,
 ) -> dict[str, Any]:
     """The gate's decision, acted on (alias moved or rejection recorded) and logged."""
     from model_registry import registry
     from tasks.tracking import log_decision
 
-    decision = decide(shared, shadow_report, shadow_table, matrix, step, costs, gate, champion).to_json()
+    decision = decide(
+        shared, shadow_report, shadow_table, matrix, step, costs, gate, champion, policy=policy
+    ).to_json()
     with home_lock():
         if decision["promoted"]:
             registry.promote(settings, interval, version, "gate", decision["reason"], market=market)
@@ -506,7 +509,7 @@ def training_flow(
     shared = shared_rows(result.oof, champion_oof)
     decision = promote_task(
         settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix, step, costs,
-        gate, champion_version,
+        gate, champion_version, ensemble.policy,
     )  # fmt: skip
     return {
         "run_id": run_id,

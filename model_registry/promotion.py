@@ -9,10 +9,16 @@ the symbols of one bar move together.
 
 **Gate**: on the same out-of-sample rows (the challenger's walk-forward OOF rows that the
 champion's own walk-forward also predicted; the shadow rows when they share too few),
-the challenger becomes champion only if its log loss is lower by ``margin``, its
-net-of-fee Sharpe under the same policy is not lower, its ECE is within the bound, and
-the shadow is not significantly worse. With no champion it must beat climatology (log
-loss) and the momentum fallback (Sharpe). Every check is reported, passed or not.
+every challenger, with or without a champion, must clear absolute floors: log loss below
+min(climatology, ln 2), AUC above 0.5, net Sharpe under the strategy that will trade it
+above max(0, momentum fallback), at least ``min_trades`` trades and ``min_exposure`` of
+the bars in the market (so "never trades" cannot pass at 0.00 vs 0.00), ECE within the
+bound, and a calibration slope whose upper 95 % bound reaches ``min_slope`` (inverted or
+over-confident P(up) fails however narrow its spread). Against a champion it must also be
+*significantly* better: a one-sided paired t-test of the per-row log-loss difference,
+clustered by bar, at level ``alpha`` (a challenger of equal skill passes ~``alpha`` of
+the time), and not lower in net Sharpe. The shadow must not be significantly worse.
+Every check is reported, passed or not.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import pandas as pd
 
 from model_registry.ensemble import Ensemble
 from tasks import metrics
-from tasks.backtest import Costs
+from tasks.backtest import Costs, Policy
 from tasks.evaluation import evaluate
 from tasks.models.base import clip_proba
 from tasks.models.stacker import PREFIX
 
+Z_95 = 1.6448536269514722  # one-sided 95 % normal quantile
 KEYS = ["symbol", "open_time", "fold", "target_up", "target_log_return", "climatology"]
 
 
@@ -39,18 +46,26 @@ class GateConfig:
     """Thresholds of the promotion gate.
 
     Attributes:
-        margin: how much lower the challenger's log loss must be than the champion's.
+        margin: log-loss gain per row over the champion that the paired test takes as its
+            null (0: any significant gain).
         max_ece: floor of the ECE bound; the bound widens to twice the ECE a perfectly
             calibrated model shows by chance on that many rows (10 equal-count bins).
-        alpha: significance level of "shadow significantly worse".
+        alpha: significance level of "better than the champion" and "shadow worse".
         min_rows: fewest shared OOF rows for the comparison (else the shadow rows are used),
             and fewest shadow rows for a conclusive shadow test.
+        min_trades: fewest trades the challenger's backtest must make.
+        min_exposure: least share of bars with a position open.
+        min_slope: the calibration slope's upper 95 % bound must reach this (⅓: logits
+            three times too large; negative: inverted ranking).
     """
 
-    margin: float = 0.0002
+    margin: float = 0.0
     max_ece: float = 0.02
     alpha: float = 0.05
     min_rows: int = 100
+    min_trades: int = 10
+    min_exposure: float = 0.01
+    min_slope: float = 0.5
 
     def ece_bound(self, rows: int, bins: int = 10) -> float:
         """``max(max_ece, 2 × E[ECE | calibrated, rows])`` with E|error| of a bin ≈ √(2/π)·√(¼/n)."""
@@ -129,14 +144,9 @@ def shadow(
     else:
         p_ref = np.full_like(p_new, challenger.base_rate)
     report["challenger"] = metrics.classification(y, p_new, challenger.base_rate)
-    diff = pd.Series(_row_log_loss(y, p_new) - _row_log_loss(y, p_ref), index=table.index)
-    report["log_loss_diff"] = float(diff.mean())
-    # Symbols move together within a bar, so rows of one bar are not independent draws:
-    # the test runs on per-bar mean differences (clustered by open time).
-    per_bar = diff.groupby(table["open_time"].to_numpy()).mean().to_numpy()
-    report["bars"] = len(per_bar)
-    pvalue = float(stats.ttest_1samp(per_bar, 0.0, alternative="greater").pvalue) if len(per_bar) > 1 else 1.0
-    report["worse_pvalue"] = pvalue if np.isfinite(pvalue) else 1.0
+    diff = _row_log_loss(y, p_new) - _row_log_loss(y, p_ref)
+    mean, pvalue, bars = clustered_mean_test(diff, table["open_time"].to_numpy(), "greater")
+    report.update(log_loss_diff=mean, bars=bars, worse_pvalue=pvalue)
     report["conclusive"] = len(rows) >= config.min_rows
     report["significantly_worse"] = bool(report["conclusive"] and report["worse_pvalue"] < config.alpha)
     return report, table
@@ -170,8 +180,14 @@ def decide(
     costs: Costs,
     config: GateConfig,
     champion: str | None,
+    policy: Policy | None = None,
+    abs_return: dict[str, float] | None = None,
 ) -> Decision:
-    """The gate's decision for a challenger (``champion``: the champion's version, or None)."""
+    """The gate's decision for a challenger (``champion``: the champion's version, or None).
+
+    ``policy``/``abs_return``: the strategy that will trade the challenger (its registered
+    policy and edge scales), so the Sharpe and activity floors judge what would trade.
+    """
     rows, where = shared, "walk-forward OOF rows"
     if champion is not None and (len(shared) < config.min_rows or "p_champion" not in shared):
         rows, where = shadow_table, "shadow rows (too few OOF rows shared with the champion)"
@@ -179,48 +195,94 @@ def decide(
         return Decision(False, f"not promoted: no rows the champion v{champion} also predicted", "none", 0)
     if len(rows) < 2 or "p_challenger" not in rows:
         return Decision(False, f"not promoted: no rows to compare on ({where})", "none", len(rows))
-    report = evaluate(rows, matrix, step, costs, model="challenger").report
-    mine = report["classification"]
-    sharpe = report["backtest"]["sharpe"]
-    bound = config.ece_bound(len(rows))
-    checks = []
+    report = evaluate(rows, matrix, step, costs, policy, model="challenger", abs_return=abs_return).report
+    checks = _floors(rows, report, config)
     if champion is not None:
-        theirs = report["per_model"]["champion"]
-        their_sharpe = report["single_models"]["champion"]["sharpe"]
-        needed = theirs["log_loss"] - config.margin
-        checks.append(
-            Check(
-                "log_loss", mine["log_loss"] <= needed, mine["log_loss"], needed,
-                f"log loss {mine['log_loss']:.5f} vs champion {theirs['log_loss']:.5f} "
-                f"(needs ≤ {needed:.5f})",
-            )
-        )  # fmt: skip
-        checks.append(
-            Check(
-                "sharpe", sharpe >= their_sharpe, sharpe, their_sharpe,
-                f"net Sharpe {sharpe:.2f} vs champion {their_sharpe:.2f}",
-            )
-        )  # fmt: skip
+        checks += _versus_champion(rows, report, config)
         reference = f"champion v{champion}"
     else:
-        clim = mine["log_loss_climatology"]
-        momentum = report["baselines"]["momentum_fallback"]["sharpe"]
-        checks.append(
-            Check(
-                "log_loss_vs_climatology", mine["log_loss"] < clim, mine["log_loss"], clim,
-                f"log loss {mine['log_loss']:.5f} vs climatology {clim:.5f}",
-            )
-        )  # fmt: skip
-        checks.append(
-            Check(
-                "sharpe_vs_momentum", sharpe > momentum, sharpe, momentum,
-                f"net Sharpe {sharpe:.2f} vs momentum fallback {momentum:.2f}",
-            )
-        )  # fmt: skip
         reference = "climatology and momentum fallback (no champion yet)"
-    checks.append(
-        Check("ece", mine["ece"] <= bound, mine["ece"], bound, f"ECE {mine['ece']:.4f} (bound {bound:.4f})")
+    checks.append(_shadow_check(shadow_report, config))
+    promoted = all(c.passed for c in checks)
+    failed = [c.detail for c in checks if not c.passed]
+    reason = (
+        f"promoted over {reference} on {len(rows):,} {where}: " + "; ".join(c.detail for c in checks)
+        if promoted
+        else f"not promoted ({reference}, {len(rows):,} {where}): " + "; ".join(failed)
     )
+    comparison = {
+        "classification": report["classification"],
+        "backtest": report["backtest"],
+        "baselines": report["baselines"],
+        "champion": report["per_model"].get("champion"),
+        "champion_backtest": report["single_models"].get("champion"),
+        "costs": report["costs"],
+        "policy": report["policy"],
+        "start": report["start"],
+        "end": report["end"],
+    }
+    return Decision(promoted, reason, reference, len(rows), checks, comparison)
+
+
+def _floors(rows: pd.DataFrame, report: dict[str, Any], config: GateConfig) -> list[Check]:
+    """What any challenger must show, champion or not: skill, money, activity, calibration."""
+    mine = report["classification"]
+    backtest, momentum = report["backtest"], report["baselines"]["momentum_fallback"]
+    ll_floor = min(mine["log_loss_climatology"], math.log(2))
+    sharpe_floor = max(0.0, momentum["sharpe"])
+    trades, exposure = backtest["trades"], backtest["exposure"]
+    bound = config.ece_bound(len(rows))
+    y = rows["target_up"].to_numpy(dtype=np.float64)
+    line = metrics.calibration_line(y, rows["p_challenger"].to_numpy(), rows["open_time"].to_numpy())
+    slope_high = line["slope"] + Z_95 * line["slope_se"]
+    constant = not np.isfinite(slope_high)
+    return [
+        Check(
+            "log_loss_floor", mine["log_loss"] < ll_floor, mine["log_loss"], ll_floor,
+            f"log loss {mine['log_loss']:.5f} vs min(climatology {mine['log_loss_climatology']:.5f}, ln 2)",
+        ),
+        Check("auc_floor", mine["auc"] > 0.5, mine["auc"], 0.5, f"AUC {mine['auc']:.4f} (needs > 0.5)"),
+        Check(
+            "sharpe_floor", backtest["sharpe"] > sharpe_floor, backtest["sharpe"], sharpe_floor,
+            f"net Sharpe {backtest['sharpe']:.2f} vs max(0, momentum fallback {momentum['sharpe']:.2f})",
+        ),
+        Check(
+            "activity", trades >= config.min_trades and exposure >= config.min_exposure, trades,
+            float(config.min_trades),
+            f"{trades:.0f} trades, exposure {exposure:.1%} (needs ≥ {config.min_trades} trades and "
+            f"≥ {config.min_exposure:.1%})",
+        ),
+        Check("ece", mine["ece"] <= bound, mine["ece"], bound, f"ECE {mine['ece']:.4f} (bound {bound:.4f})"),
+        Check(
+            "calibration_slope", constant or slope_high >= config.min_slope, line["slope"], config.min_slope,
+            "calibration slope undefined (constant predictions)" if constant else
+            f"calibration slope {line['slope']:.2f} ± {Z_95 * line['slope_se']:.2f}, intercept "
+            f"{line['intercept']:+.3f} (slope's upper 95% bound needs ≥ {config.min_slope:.2f})",
+        ),
+    ]  # fmt: skip
+
+
+def _versus_champion(rows: pd.DataFrame, report: dict[str, Any], config: GateConfig) -> list[Check]:
+    """Better than the champion on the same rows: a paired, bar-clustered log-loss test and Sharpe."""
+    y = rows["target_up"].to_numpy(dtype=np.float64)
+    diff = _row_log_loss(y, rows["p_challenger"].to_numpy()) - _row_log_loss(y, rows["p_champion"].to_numpy())
+    mean, pvalue, bars = clustered_mean_test(diff, rows["open_time"].to_numpy(), "less", -config.margin)
+    sharpe, theirs = report["backtest"]["sharpe"], report["single_models"]["champion"]["sharpe"]
+    return [
+        Check(
+            "log_loss_vs_champion", pvalue < config.alpha, pvalue, config.alpha,
+            f"log loss {report['classification']['log_loss']:.5f} vs champion "
+            f"{report['per_model']['champion']['log_loss']:.5f}: mean gain {-mean:+.5f} per row, "
+            f"p = {pvalue:.3f} over {bars} bars (needs < {config.alpha})",
+        ),
+        Check(
+            "sharpe_vs_champion", sharpe >= theirs, sharpe, theirs,
+            f"net Sharpe {sharpe:.2f} vs champion {theirs:.2f}",
+        ),
+    ]  # fmt: skip
+
+
+def _shadow_check(shadow_report: dict[str, Any], config: GateConfig) -> Check:
     worse = bool(shadow_report.get("significantly_worse"))
     if shadow_report.get("conclusive"):
         detail = (
@@ -230,24 +292,26 @@ def decide(
     else:
         rows_seen = shadow_report["rows"]
         detail = f"shadow inconclusive ({rows_seen} rows < {config.min_rows}): not held against it"
-    checks.append(Check("shadow", not worse, shadow_report.get("worse_pvalue"), config.alpha, detail))
-    promoted = all(c.passed for c in checks)
-    failed = [c.detail for c in checks if not c.passed]
-    reason = (
-        f"promoted over {reference} on {len(rows):,} {where}: " + "; ".join(c.detail for c in checks)
-        if promoted
-        else f"not promoted ({reference}, {len(rows):,} {where}): " + "; ".join(failed)
-    )
-    comparison = {
-        "classification": mine,
-        "backtest": report["backtest"],
-        "baselines": report["baselines"],
-        "champion": report["per_model"].get("champion"),
-        "champion_backtest": report["single_models"].get("champion"),
-        "start": report["start"],
-        "end": report["end"],
-    }
-    return Decision(promoted, reason, reference, len(rows), checks, comparison)
+    return Check("shadow", not worse, shadow_report.get("worse_pvalue"), config.alpha, detail)
+
+
+def clustered_mean_test(
+    values: np.ndarray, clusters: np.ndarray, alternative: str, null: float = 0.0
+) -> tuple[float, float, int]:
+    """One-sided t-test of the mean of per-row ``values``, with rows clustered (one bar's rows).
+
+    The symbols of one bar move together, so its rows are not independent draws: the test
+    runs on per-cluster means. Returns (mean over rows, p-value, clusters); p = 1 with
+    fewer than two clusters.
+    """
+    from scipy import stats
+
+    series = pd.Series(np.asarray(values, dtype=np.float64))
+    per_bar = series.groupby(np.asarray(clusters)).mean().to_numpy()
+    if len(per_bar) < 2 or np.std(per_bar) == 0:
+        return float(series.mean()), 1.0, len(per_bar)
+    pvalue = float(stats.ttest_1samp(per_bar, null, alternative=alternative).pvalue)
+    return float(series.mean()), pvalue if np.isfinite(pvalue) else 1.0, len(per_bar)
 
 
 def _row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:

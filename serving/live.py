@@ -49,6 +49,8 @@ class LiveConfig:
         strategy: the strategy the backtest evaluates.
         shadow: also predict with the challenger (journalled, never traded).
         model_policy: trade the policy registered with the model (else ``strategy``'s own).
+        model_alias: the registry alias traded: ``champion``; ``challenger`` only for
+            demonstrations of a model the gate refused (never the live deployment).
     """
 
     symbols: tuple[str, ...]
@@ -57,6 +59,7 @@ class LiveConfig:
     strategy: Strategy = field(default_factory=Strategy)
     shadow: bool = True
     model_policy: bool = True
+    model_alias: Literal["champion", "challenger"] = "champion"
 
     def strategy_for(self, ensemble: Any) -> Strategy:
         """The strategy to trade with this model: its registered policy, long only on spot."""

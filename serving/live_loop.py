@@ -107,7 +107,7 @@ class LiveLoop:
         """One tick: model, candles, exits, prediction, decision, execution, reconcile, journal."""
         config, report = self.config, live.TickReport()
         clock = _Phases(report.seconds)
-        ensemble, version, problem = self.models.current("champion")
+        ensemble, version, problem = self.models.current(config.model_alias)
         report.model_version = version
         report.errors += [problem] if problem else []
         clock.lap("model")
@@ -267,7 +267,7 @@ class LiveLoop:
 
     def _shadow(self, features: pd.DataFrame, newest: pd.Timestamp, digests: dict[str, str]) -> None:
         """The challenger's predictions, journalled beside the champion's, never traded."""
-        if not self.config.shadow:
+        if not self.config.shadow or self.config.model_alias == "challenger":
             return
         challenger, version, _ = self.models.current("challenger")
         if challenger is None:

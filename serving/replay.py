@@ -88,10 +88,10 @@ def replay(
         before = frame[frame.index < start]
         if len(before):
             history.upsert(symbol, config.interval, config.market, before)
+    taker, maker = settings.fees_bps(config.market)
     exchange = FakeExchange(
-        now_ms=_ms(timeline[0]), taker_bps=settings.taker_fee_bps, maker_bps=settings.maker_fee_bps,
-        quote_balance=settings.paper_cash,
-    )  # fmt: skip
+        now_ms=_ms(timeline[0]), taker_bps=taker, maker_bps=maker, quote_balance=settings.paper_cash
+    )
     for symbol, frame in frames.items():
         exchange.add_candles(symbol, config.interval, frame, market=config.market)
     with exchange:
@@ -233,7 +233,7 @@ def backtest_of(
             exchange.add_candles(symbol, config.interval, frame, market=config.market)
         rules = venue_rules(settings, config.market, exchange.client())
     funding = settings.funding_rate_8h * 10_000 if config.market == "futures" else 0.0
-    venue = Venue(settings.taker_fee_bps, settings.slippage_bps, funding, settings.paper_cash)
+    venue = Venue(settings.fees_bps(config.market)[0], settings.slippage_bps, funding, settings.paper_cash)
     body, then = rows[rows["open_time"] <= end], rows[rows["open_time"] == end + config.step]
     cost = float(ensemble.costs.per_side())
     strategy = config.strategy_for(ensemble)

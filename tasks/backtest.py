@@ -8,7 +8,12 @@ Conventions (one bar = one candle of the interval):
 - Changing the position from a to b at t's close costs ``|b - a| * (fee + slippage)`` of
   that capital (taker fee by default; slippage in bps, or a multiple of ATR %).
 - Perpetual futures pay funding: a position held across a funding time (every 8 h)
-  pays ``position * rate`` (longs pay a positive rate, shorts receive it).
+  pays ``position * rate`` (longs pay a positive rate, shorts receive it); the row's
+  holding period is (t's close, next close], the span of its target.
+- A position still open on the last row pays its exit fee there; where bars are missing
+  between two rows it is closed before the gap and reopened after (both sides paid).
+- Spot is long only (``Costs.long_only``): the policy and the momentum fallback go flat
+  where they would short.
 - The portfolio gives each symbol an equal share of capital, rebalanced every bar.
 
 The policy is cost-aware: the expected edge of a long is ``(2p - 1) * E|r|`` (E|r| the
@@ -21,7 +26,7 @@ stays flat.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -34,29 +39,42 @@ __all__ = ["Costs", "Policy", "backtest", "edge_scales", "hold", "momentum_posit
 
 @dataclass(frozen=True)
 class Costs:
-    """Trading costs as fractions of traded notional (bps / 10,000).
+    """Trading costs of one market, as fractions of traded notional (bps / 10,000).
 
     Attributes:
-        fee_bps: per side; 4 (Binance taker) by default, 2 for maker.
+        fee_bps: taker fee per side (Binance regular tier: spot 10, USD-M futures 5).
         slippage_bps: fixed slippage per side.
         slippage_atr: extra slippage per side as this multiple of ``atr_pct`` (0: off).
         funding_rate: per 8 h funding of perpetual futures (0.0001 = 0.01 %); 0 for spot.
         funding_hours: hours between funding times.
+        maker_fee_bps: fee of resting (limit) orders per side (spot 10, futures 2).
+        long_only: no shorting (spot: selling what one does not hold is not possible).
+        market: ``spot`` or ``futures``, for reports.
+
+    The defaults are Binance spot's regular tier: 10 bps per side, long only.
     """
 
-    fee_bps: float = 4.0
+    fee_bps: float = 10.0
     slippage_bps: float = 1.0
     slippage_atr: float = 0.0
     funding_rate: float = 0.0
     funding_hours: int = 8
+    maker_fee_bps: float = 10.0
+    long_only: bool = True
+    market: str = "spot"
 
     @classmethod
     def from_settings(cls, settings: Settings, market: str) -> Costs:
-        """The configured costs: taker fee, slippage, and funding on futures only."""
+        """The market's configured costs: its taker/maker fees, slippage, funding and shorting."""
+        taker, maker = settings.fees_bps(market)
+        futures = market == "futures"
         return cls(
-            fee_bps=settings.taker_fee_bps,
+            fee_bps=taker,
             slippage_bps=settings.slippage_bps,
-            funding_rate=settings.funding_rate_8h if market == "futures" else 0.0,
+            funding_rate=settings.funding_rate_8h if futures else 0.0,
+            maker_fee_bps=maker,
+            long_only=not futures,
+            market=market,
         )
 
     def per_side(self, atr_pct: np.ndarray | None = None) -> np.ndarray | float:
@@ -65,6 +83,10 @@ class Costs:
         if self.slippage_atr and atr_pct is not None:
             return base + self.slippage_atr * np.nan_to_num(np.asarray(atr_pct, dtype=np.float64)) / 100
         return base
+
+    def tradable(self, policy: Policy) -> Policy:
+        """``policy`` as this market lets it trade (no shorts where the market is long only)."""
+        return replace(policy, allow_short=False) if self.long_only and policy.allow_short else policy
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,7 @@ class SymbolResult:
     gross: np.ndarray
     cost: np.ndarray
     funding: np.ndarray
+    segment_start: np.ndarray | None = None
 
     @property
     def net(self) -> np.ndarray:
@@ -88,52 +111,82 @@ def run_symbol(
     costs: Costs,
     atr_pct: np.ndarray | None = None,
     funding_bar: np.ndarray | None = None,
+    segment_start: np.ndarray | None = None,
 ) -> SymbolResult:
     """Gross return, trading cost and funding of a position path (vectorised).
 
-    ``funding_bar`` marks bars whose holding period crosses a funding time.
+    ``funding_bar`` counts the funding times each bar's holding period crosses.
+    ``segment_start`` marks rows after a gap in the rows (missing bars): a position is
+    closed before a gap and reopened after it, paying both sides, because nothing is
+    known of the bars in between. A position still open on the last row pays its exit.
     """
     pos = np.asarray(position, dtype=np.float64)
     gross = pos * np.expm1(np.asarray(log_return, dtype=np.float64))
-    traded = np.abs(np.diff(pos, prepend=0.0))
+    starts, ends = _segments(len(pos), segment_start)
+    prev = np.where(starts, 0.0, np.concatenate([[0.0], pos[:-1]]))
+    traded = np.abs(pos - prev) + np.where(ends, np.abs(pos), 0.0)
     cost = traded * costs.per_side(atr_pct)
     funding = np.zeros_like(gross)
     if costs.funding_rate and funding_bar is not None:
         funding = pos * costs.funding_rate * np.asarray(funding_bar, dtype=np.float64)
-    return SymbolResult(pos, gross, np.asarray(cost, dtype=np.float64), funding)
+    return SymbolResult(pos, gross, np.asarray(cost, dtype=np.float64), funding, starts)
+
+
+def _segments(n: int, segment_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, last row) flags of each run of contiguous rows."""
+    starts = (
+        np.zeros(n, dtype=bool) if segment_start is None else np.asarray(segment_start, dtype=bool).copy()
+    )
+    if n:
+        starts[0] = True
+    ends = np.concatenate([starts[1:], [True]]) if n else starts
+    return starts, ends
+
+
+def gap_starts(open_time: pd.Series, step: pd.Timedelta) -> np.ndarray:
+    """True on each row whose previous row is more than one interval earlier (bars missing)."""
+    t = pd.to_datetime(open_time, utc=True)
+    return (t.diff() > step).to_numpy()
 
 
 def funding_bars(open_time: pd.Series, step: pd.Timedelta, hours: int = 8) -> np.ndarray:
-    """1 where the bar's close (open + step) is a funding time (00, 08, 16 UTC), else 0."""
-    close = pd.to_datetime(open_time, utc=True) + step
-    on_time = (close.dt.hour % hours == 0) & (close.dt.minute == 0)
-    return on_time.to_numpy(dtype=np.float64)
+    """How many funding times (00, 08, 16 UTC) each bar's holding period crosses.
+
+    A row's position is opened at its bar's close (open + step) and held to the next
+    close (open + 2·step), the span of its target; Binance charges funding to positions
+    held at a funding time, so the funding times in (open + step, open + 2·step] count.
+    """
+    period = pd.Timedelta(hours=hours).value
+    t = pd.to_datetime(open_time, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    entered, left = t + step.value, t + 2 * step.value
+    return (np.floor_divide(left, period) - np.floor_divide(entered, period)).astype(np.float64)
 
 
 def trade_returns(result: SymbolResult, per_side: np.ndarray | float) -> np.ndarray:
     """Compounded net return of each trade (a run of one non-zero position).
 
     A trade carries its own entry and exit costs (a flip from long to short closes one
-    trade and opens the next, each paying its side); one still open at the end has paid
-    no exit yet.
+    trade and opens the next, each paying its side; a gap in the rows ends a trade); one
+    still open on the last row pays its exit there.
     """
     pos = result.position
     n = len(pos)
     if not (pos != 0).any():
         return np.zeros(0)
     c = np.broadcast_to(np.asarray(per_side, dtype=np.float64), (n,))
-    prev = np.concatenate([[0.0], pos[:-1]])
-    changed = pos != prev
-    trade_id = np.cumsum(changed)
+    starts, ends = _segments(n, result.segment_start)
+    prev = np.where(starts, 0.0, np.concatenate([[0.0], pos[:-1]]))
     active = pos != 0
+    entries = active & (pos != prev)
+    trade_id = np.cumsum(entries)
+    following = np.concatenate([pos[1:], [0.0]])
+    exits = active & (ends | (following != pos))
     log_growth = pd.Series(np.log1p(result.gross - result.funding)[active]).groupby(trade_id[active]).sum()
-    entries = changed & active
     log_growth = log_growth.add(
         pd.Series(np.log1p(-np.abs(pos[entries]) * c[entries]), index=trade_id[entries]), fill_value=0.0
     )
-    exits = changed & (prev != 0)
     log_growth = log_growth.add(
-        pd.Series(np.log1p(-np.abs(prev[exits]) * c[exits]), index=trade_id[exits] - 1), fill_value=0.0
+        pd.Series(np.log1p(-np.abs(pos[exits]) * c[exits]), index=trade_id[exits]), fill_value=0.0
     )
     return np.asarray(np.expm1(log_growth.to_numpy()), dtype=np.float64)
 
@@ -213,6 +266,7 @@ def backtest(
             costs,
             atr,
             funding_bars(rows["open_time"], step, costs.funding_hours) if costs.funding_rate else None,
+            gap_starts(rows["open_time"], step),
         )
         index = pd.DatetimeIndex(rows["open_time"])
         nets[symbol] = pd.Series(result.net, index=index)
@@ -242,6 +296,7 @@ def policy_positions(
     ``abs_return``: each symbol's mean absolute bar return over the training window
     (the size of the edge a correct call earns); symbols without one use the mean.
     """
+    policy = costs.tradable(policy)
     out = pd.Series(0.0, index=frame.index)
     ordered = frame.assign(_p=p_up).sort_values("open_time")
     for symbol, rows in ordered.groupby("symbol"):
@@ -251,11 +306,14 @@ def policy_positions(
     return out
 
 
-def baseline_positions(frame: pd.DataFrame, step: pd.Timedelta) -> dict[str, pd.Series]:
+def baseline_positions(
+    frame: pd.DataFrame, step: pd.Timedelta, long_only: bool = False
+) -> dict[str, pd.Series]:
     """Positions of the baselines on the same rows: buy-and-hold, momentum fallback, flat.
 
     The momentum fallback reads the 24 h change: ``log_ret_24`` at 1h; at other intervals
     the sum of the last 24 h of ``log_ret_1`` within the rows (flat until a day has passed).
+    ``long_only``: its SELL goes flat instead of short (spot).
     """
     bars = int(pd.Timedelta(hours=24) / step)
     momentum = pd.Series(0.0, index=frame.index)
@@ -264,7 +322,8 @@ def baseline_positions(frame: pd.DataFrame, step: pd.Timedelta) -> dict[str, pd.
             day = rows["log_ret_24"]
         else:
             day = rows["log_ret_1"].rolling(bars, min_periods=bars).sum()
-        momentum.loc[rows.index] = momentum_positions(day.to_numpy())
+        path = momentum_positions(day.to_numpy())
+        momentum.loc[rows.index] = np.maximum(path, 0.0) if long_only else path
     return {
         "buy_and_hold": pd.Series(1.0, index=frame.index),
         "momentum_fallback": momentum,

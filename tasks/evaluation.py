@@ -80,7 +80,7 @@ def evaluate(
     for name in names:
         pos = policy_positions(rows, rows[f"{PREFIX}{name}"], policy, costs, abs_return)
         tests[name] = backtest(rows, pos, costs, step)
-    for name, pos in baseline_positions(rows, step).items():
+    for name, pos in baseline_positions(rows, step, costs.long_only).items():
         tests[name] = backtest(rows, pos, costs, step)
     clim_scores = metrics.classification(y, clim, clim)
     report: dict[str, Any] = {
@@ -105,7 +105,8 @@ def evaluate(
             "climatology": clim_scores,
         },
         "costs": asdict(costs),
-        "policy": asdict(policy),
+        "policy": asdict(costs.tradable(policy)),
+        "market": costs.market,
     }
     return Evaluation(report, rows, tests)
 

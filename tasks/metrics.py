@@ -70,3 +70,48 @@ def of_rows(rows: pd.DataFrame, column: str) -> dict[str, float]:
     return classification(
         rows["target_up"].to_numpy(), rows[column].to_numpy(), rows["climatology"].to_numpy(dtype=np.float64)
     )
+
+
+def calibration_line(y: np.ndarray, p: np.ndarray, clusters: np.ndarray | None = None) -> dict[str, float]:
+    """Calibration intercept and slope: the logistic fit ``P(y=1) = σ(a + b·logit(p))``.
+
+    A calibrated model has ``a = 0, b = 1``; ``b < 1`` is over-confidence (``b = ⅓`` for
+    logits three times too large), ``b < 0`` inverted ranking. Unlike ECE, the slope does
+    not shrink with the spread of the predictions. Standard errors are cluster-robust
+    (sandwich) when ``clusters`` is given — the rows of one bar share its market move —
+    else the model-based ones. ``slope``/``slope_se`` are NaN when ``p`` is constant.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    q = clip_proba(np.asarray(p, dtype=np.float64))
+    x = np.log(q / (1 - q))
+    nan = {
+        "intercept": float("nan"),
+        "slope": float("nan"),
+        "intercept_se": float("nan"),
+        "slope_se": float("nan"),
+    }
+    if len(y) < 3 or np.std(x) < 1e-9 or len(np.unique(y)) < 2:
+        return nan
+    design = np.column_stack([np.ones_like(x), x])
+    beta = np.zeros(2)
+    for _ in range(50):  # Newton–Raphson on the log-likelihood; converges in a handful of steps
+        mu = 1 / (1 + np.exp(-(design @ beta)))
+        hessian = design.T @ (design * (mu * (1 - mu))[:, None])
+        move = np.linalg.solve(hessian, design.T @ (y - mu))
+        beta = beta + move
+        if np.max(np.abs(move)) < 1e-10:
+            break
+    mu = 1 / (1 + np.exp(-(design @ beta)))
+    bread = np.linalg.inv(design.T @ (design * (mu * (1 - mu))[:, None]))
+    if clusters is None:
+        cov = bread
+    else:
+        scores = pd.DataFrame(design * (y - mu)[:, None]).groupby(np.asarray(clusters)).sum().to_numpy()
+        cov = bread @ (scores.T @ scores) @ bread
+    se = np.sqrt(np.diag(cov))
+    return {
+        "intercept": float(beta[0]),
+        "slope": float(beta[1]),
+        "intercept_se": float(se[0]),
+        "slope_se": float(se[1]),
+    }

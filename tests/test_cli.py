@@ -107,12 +107,15 @@ def test_demo_ingests_the_sample_retrains_and_reaches_a_decision(tmp_path: Path)
     assert doc["challenger_version"] == "1" and isinstance(doc["promoted"], bool) and doc["reason"]
     assert set(doc["metrics"]["per_model"]) == {"xgb", "lgbm"}
     assert doc["data"]["end"].startswith("2025-06-14 22:00")  # the sample's newest labelled bar
-    replayed = doc["replay"]  # the champion through the live loop over the newest 12 hours
+    replayed = doc["replay"]  # the live loop over the newest 12 hours: the champion, else the challenger
+    assert replayed["ticks"] == 12 and replayed["model_version"] == "1"
+    assert replayed["unprotected_positions"] == 0 and replayed["signals"] == 12 * 5
     if doc["promoted"]:
-        assert replayed["ticks"] == 12 and replayed["model_version"] == "1"
-        assert replayed["unprotected_positions"] == 0 and replayed["signals"] == 12 * 5
-    else:
-        assert replayed is None
+        assert (replayed["model_alias"], replayed["label"]) == ("champion", "champion")
+    else:  # refused: shown as what it is, and the champion alias stays unset
+        assert replayed["label"] == "challenger (not promoted — demo only)" and doc["champion"] is None
+        listed = json.loads(qt("registry", "list", "--json", home=tmp_path).stdout)
+        assert (listed["champion"], listed["challenger"]) == (None, "1")
 
 
 def test_invalid_settings_and_paths_are_bad_input_with_one_json_document(tmp_path: Path) -> None:

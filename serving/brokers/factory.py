@@ -63,7 +63,7 @@ def open_broker(settings: Settings, journal: Journal, broker: str, market: str, 
     futures = market == "futures"
     return PaperBroker(
         journal, market, venue_rules(settings, market, client), cash=Decimal(str(settings.paper_cash)),  # type: ignore[arg-type]
-        quote=settings.quote_asset, fee_bps=settings.taker_fee_bps, slippage_bps=settings.slippage_bps,
+        quote=settings.quote_asset, fee_bps=settings.fees_bps(market)[0], slippage_bps=settings.slippage_bps,
         leverage=settings.leverage if futures else 1, funding_bps_8h=settings.funding_rate_8h * 10_000,
     )  # fmt: skip
 
