@@ -185,8 +185,13 @@ def retrain(
         int, typer.Option("--shadow-hours", min=1, help="Newest closed candles held out for shadow.")
     ] = 168,
     margin: Annotated[
-        float, typer.Option("--margin", min=0, help="Log-loss gain over the champion the gate requires.")
-    ] = 0.0002,
+        float,
+        typer.Option(
+            "--margin",
+            min=0,
+            help="Per-row log-loss gain over the champion the gate's paired test must beat.",
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu (neural models).")] = "auto",
     workers: Annotated[

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -46,6 +47,7 @@ from tasks.evaluation import Evaluation, evaluate
 from tasks.models import ModelConfig, parse_models
 from tasks.models.base import TARGET
 from tasks.store import CandleStore
+from tasks.tracking import FitSpan, experiment_name, open_flow_run
 from tasks.walkforward import (
     Fold,
     FoldFit,
@@ -171,14 +173,24 @@ def register_task(
     matrix: pd.DataFrame,
     params: dict[str, Any],
     example: pd.DataFrame,
+    run_id: str,
+    spans: dict[str, FitSpan],
 ) -> tuple[str, str]:
-    """MLflow parent run (children per family and the stacker), pyfunc version, ``challenger``."""
-    from prefect.runtime import flow_run
+    """The flow's MLflow run filled (children per family and the stacker), pyfunc version, ``challenger``.
 
+    The run's inputs: the training rows (everything the ensemble saw) and the
+    walk-forward's out-of-fold rows it was evaluated on, each with source and digest.
+    """
     from model_registry.registry import register, set_alias
-    from tasks.tracking import data_hash, track_walk_forward
+    from tasks.tracking import data_hash, dataset, track_walk_forward
 
-    run_tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+    source = f"{settings.store_dir} ({ensemble.interval} {ensemble.market})"
+    kind = f"{ensemble.interval}-{ensemble.market}"
+    seen = matrix[(matrix["open_time"] <= pd.Timestamp(ensemble.trained_until)) & matrix[TARGET].notna()]
+    datasets = [
+        (dataset(seen, f"candles-{kind}-train", source), "training"),
+        (dataset(result.oof, f"oof-{kind}", f"walk-forward of {source}"), "evaluation"),
+    ]
     run_id = track_walk_forward(
         settings,
         result,
@@ -187,9 +199,10 @@ def register_task(
         params,
         ensemble.interval,
         params["market"],
-        run_name=f"retrain {flow_run.name}",
         models=ensemble.models,
-        tags=run_tags,
+        run_id=run_id,
+        spans=spans,
+        datasets=datasets,
     )
     tags = {
         "data_start": str(matrix["open_time"].min()),
@@ -377,7 +390,7 @@ def training_flow(
     shadow_hours: int = 168,
     seed: int = 42,
     device: Literal["auto", "cpu", "gpu"] = "auto",
-    margin: float = 0.0002,
+    margin: float = 0.0,
     max_ece: float = 0.02,
     label_noise: float = 0.0,
     model_params: dict[str, dict[str, Any]] | None = None,
@@ -402,7 +415,7 @@ def training_flow(
         shadow_hours: newest closed candles held out of the challenger's fit for shadow.
         seed: seed for every random choice.
         device: auto, cpu or gpu for the neural families.
-        margin: log-loss improvement over the champion the gate requires.
+        margin: log-loss gain per row over the champion the gate's paired test takes as its null.
         max_ece: floor of the gate's ECE bound.
         label_noise: drill: shuffle this fraction of training labels (the gate must refuse).
         model_params: per-family parameter overrides.
@@ -416,6 +429,7 @@ def training_flow(
 
     from flows.ingest import ingest_flow
 
+    started_ms = int(time.time() * 1000)  # the MLflow run spans the whole flow
     settings = load_settings(Path(home) if home else None)
     check_market(market)
     step = pd.Timedelta(milliseconds=interval_ms(interval))
@@ -436,98 +450,109 @@ def training_flow(
     if labelled.empty:
         raise BadConfigError(f"no labelled {interval} {market} rows" + (f" before {until}" if until else ""))
 
-    end = labelled["open_time"].max() + step
-    shadow_start = (end - pd.Timedelta(hours=shadow_hours)).ceil(step)
-    plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
-    config = ModelConfig(
-        profile=profile,
-        seed=seed,
-        device=device,
-        trials=trials,
-        study_dir=settings.home / "optuna",
-        n_jobs=_threads_per_fit(),
-        progress=False,
-        params=model_params or {},
-    )
-    fit_matrix = with_label_noise(labelled, label_noise, seed) if label_noise else labelled
+    universe = sorted(str(s) for s in matrix["symbol"].unique())
+    run_tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+    experiment = experiment_name(interval, market, universe)
+    with open_flow_run(settings, experiment, f"retrain {flow_run.name}", started_ms, run_tags) as run_id:
+        end = labelled["open_time"].max() + step
+        shadow_start = (end - pd.Timedelta(hours=shadow_hours)).ceil(step)
+        plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
+        config = ModelConfig(
+            profile=profile,
+            seed=seed,
+            device=device,
+            trials=trials,
+            study_dir=settings.home / "optuna",
+            n_jobs=_threads_per_fit(),
+            progress=False,
+            params=model_params or {},
+        )
+        fit_matrix = with_label_noise(labelled, label_noise, seed) if label_noise else labelled
 
-    # train: every (family, fold) a concurrent task; the last fold's test is the shadow window
-    wf_folds = plan.splits()
-    final = plan.fold(len(wf_folds), shadow_start, end)
-    tests, futures = [], []
-    final_train, final_valid, _ = plan.split(fit_matrix, final)
-    with _workers_report_here():
-        for fold in wf_folds:
-            train, valid, test = plan.split(fit_matrix, fold)
-            tests.append(oof_keys(fold, train, test))
-            context = fold_context(fit_matrix, fold)
-            futures += [fit_task.submit(n, config, fold, train, valid, test, context) for n in names]
-        final_futures = [fit_task.submit(n, config, final, final_train, final_valid) for n in names]
-        total = len(futures) + len(final_futures)
-        for done, _ in enumerate(as_completed([*futures, *final_futures]), start=1):
-            progress.report("train", done, total)
-    fits = [f.result() for f in futures]
-    final_models = {fit.name: fit.model for fit in (f.result() for f in final_futures)}
+        # train: every (family, fold) a concurrent task; the last fold's test is the shadow window
+        wf_folds = plan.splits()
+        final = plan.fold(len(wf_folds), shadow_start, end)
+        tests, futures = [], []
+        final_train, final_valid, _ = plan.split(fit_matrix, final)
+        with _workers_report_here():
+            for fold in wf_folds:
+                train, valid, test = plan.split(fit_matrix, fold)
+                tests.append(oof_keys(fold, train, test))
+                context = fold_context(fit_matrix, fold)
+                futures += [fit_task.submit(n, config, fold, train, valid, test, context) for n in names]
+            final_futures = [fit_task.submit(n, config, final, final_train, final_valid) for n in names]
+            total = len(futures) + len(final_futures)
+            for done, _ in enumerate(as_completed([*futures, *final_futures]), start=1):
+                progress.report("train", done, total)
+        fits = [f.result() for f in futures]
+        final_fits = [f.result() for f in final_futures]
+        final_models = {fit.name: fit.model for fit in final_fits}
+        spans = {n: FitSpan.of([f.report for f in [*fits, *final_fits] if f.name == n]) for n in names}
 
-    # stack → evaluate (true labels, even in the label-noise drill)
-    result = stack_task(wf_folds, tests, fits, names, config, plan)
-    if label_noise:
-        result.oof = _true_labels(result.oof, labelled)
-    costs = Costs.from_settings(settings, market)
-    evaluation = evaluate_task(result.oof, matrix, step, costs)
-    metrics = _summary_metrics(evaluation, result)
-    assert result.stacker is not None
-    # the base models saw rows up to their validation window; the stacker, OOF rows up to
-    # the shadow window: the ensemble has seen everything before shadow_start
-    ensemble = assemble_ensemble(
-        final_models,
-        result.stacker,
-        final_train,
-        shadow_start - step,
-        interval,
-        costs,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
-        market=market,
-    )
+        # stack → evaluate (true labels, even in the label-noise drill)
+        stack_started = time.perf_counter(), int(time.time() * 1000)
+        result = stack_task(wf_folds, tests, fits, names, config, plan)
+        seconds = time.perf_counter() - stack_started[0]
+        spans["stacker"] = FitSpan(stack_started[1], stack_started[1] + int(seconds * 1000), seconds)
+        if label_noise:
+            result.oof = _true_labels(result.oof, labelled)
+        costs = Costs.from_settings(settings, market)
+        evaluation = evaluate_task(result.oof, matrix, step, costs)
+        metrics = _summary_metrics(evaluation, result)
+        assert result.stacker is not None
+        # the base models saw rows up to their validation window; the stacker, OOF rows up to
+        # the shadow window: the ensemble has seen everything before shadow_start
+        ensemble = assemble_ensemble(
+            final_models,
+            result.stacker,
+            final_train,
+            shadow_start - step,
+            interval,
+            costs,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            market=market,
+        )
 
-    # register challenger → shadow → promote
-    params = {
-        "symbols": sorted(str(s) for s in matrix["symbol"].unique()), "interval": interval, "market": market,
-        "models": names, "profile": profile, "trials": trials, "until": until, "folds": folds,
-        "test_days": test_days, "valid_days": valid_days, "embargo": embargo, "shadow_hours": shadow_hours,
-        "seed": seed, "margin": margin, "max_ece": max_ece, "label_noise": label_noise,
-        "costs": evaluation.report["costs"], "policy": evaluation.report["policy"],
-    }  # fmt: skip
-    first_symbol = str(sorted(matrix["symbol"].astype(str).unique())[0])
-    example = matrix[(matrix["symbol"] == first_symbol) & (matrix["open_time"] < shadow_start)]
-    champion, champion_version, champion_oof = _champion(settings, interval, market)
-    run_id, version = register_task(
-        settings, ensemble, result, evaluation, matrix, params, example.tail(ensemble.history_rows + 1)
-    )
-    gate = GateConfig(margin=margin, max_ece=max_ece)
-    shadow_report, shadow_table = shadow_task(ensemble, champion, matrix, shadow_start, gate)
-    shared = shared_rows(result.oof, champion_oof)
-    decision = promote_task(
-        settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix, step, costs,
-        gate, champion_version, ensemble.policy,
-    )  # fmt: skip
-    return {
-        "run_id": run_id,
-        "challenger_version": version,
-        "promoted": decision["promoted"],
-        "reason": decision["reason"],
-        "metrics": metrics,
-        "gate": decision,
-        "shadow": shadow_report,
-        "champion": version if decision["promoted"] else champion_version,
-        "previous_champion": champion_version,
-        "data": {
-            "symbols": params["symbols"],
-            "start": str(matrix["open_time"].min()),
-            "end": str(labelled["open_time"].max()),
-            "walk_forward": [f.describe() for f in wf_folds],
-            "shadow_start": str(shadow_start),
-            "trained_until": ensemble.trained_until,
-        },
-        "flow_run_id": str(flow_run.id),
-    }
+        # register challenger → shadow → promote
+        params = {
+            "symbols": universe, "interval": interval, "market": market,
+            "models": names, "profile": profile, "trials": trials, "until": until, "folds": folds,
+            "test_days": test_days, "valid_days": valid_days, "embargo": embargo,
+            "shadow_hours": shadow_hours, "seed": seed, "margin": margin, "max_ece": max_ece,
+            "label_noise": label_noise,
+            "costs": evaluation.report["costs"], "policy": evaluation.report["policy"],
+        }  # fmt: skip
+        first_symbol = str(sorted(matrix["symbol"].astype(str).unique())[0])
+        example = matrix[(matrix["symbol"] == first_symbol) & (matrix["open_time"] < shadow_start)]
+        champion, champion_version, champion_oof = _champion(settings, interval, market)
+        run_id, version = register_task(
+            settings, ensemble, result, evaluation, matrix, params, example.tail(ensemble.history_rows + 1),
+            run_id, spans,
+        )  # fmt: skip
+        gate = GateConfig(margin=margin, max_ece=max_ece)
+        shadow_report, shadow_table = shadow_task(ensemble, champion, matrix, shadow_start, gate)
+        shared = shared_rows(result.oof, champion_oof)
+        decision = promote_task(
+            settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix, step,
+            costs, gate, champion_version, ensemble.policy,
+        )  # fmt: skip
+        return {
+            "run_id": run_id,
+            "challenger_version": version,
+            "promoted": decision["promoted"],
+            "reason": decision["reason"],
+            "metrics": metrics,
+            "gate": decision,
+            "shadow": shadow_report,
+            "champion": version if decision["promoted"] else champion_version,
+            "previous_champion": champion_version,
+            "data": {
+                "symbols": params["symbols"],
+                "start": str(matrix["open_time"].min()),
+                "end": str(labelled["open_time"].max()),
+                "walk_forward": [f.describe() for f in wf_folds],
+                "shadow_start": str(shadow_start),
+                "trained_until": ensemble.trained_until,
+            },
+            "flow_run_id": str(flow_run.id),
+        }

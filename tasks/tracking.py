@@ -15,6 +15,9 @@ import hashlib
 import json
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -135,11 +138,18 @@ def track_walk_forward(
     run_name: str | None = None,
     models: dict[str, ProbaModel] | None = None,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    spans: dict[str, FitSpan] | None = None,
+    datasets: list[tuple[Any, str]] | None = None,
 ) -> str:
     """Log a walk-forward and its evaluation to MLflow; returns the parent run id.
 
     ``models``: the deployable base models, each logged (pickled) in its family's child
-    run; ``tags``: extra parent-run tags (the training flow's run id, ...).
+    run; ``tags``: extra parent-run tags (the training flow's run id, ...); ``run_id``: a
+    parent run opened earlier (:func:`open_run`, left open for the caller to end);
+    ``spans``: each family's measured fit span (its child run's start/end and
+    ``fit_seconds``); ``datasets``: (``mlflow.data`` dataset, context) pairs logged as the
+    parent's and every child's inputs.
     """
     import mlflow
 
@@ -150,7 +160,9 @@ def track_walk_forward(
     exp = experiment_id(settings, experiment_name(interval, market, symbols))
     report = evaluation.report
     name = run_name or f"walk-forward {report['end'][:10]}"
-    with mlflow.start_run(experiment_id=exp, run_name=name) as parent:
+    opened = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(experiment_id=exp, run_name=name)
+    with opened as parent:
+        _log_datasets(datasets)
         mlflow.log_params({k: _param(v) for k, v in params.items()})
         mlflow.set_tags(
             {
@@ -189,30 +201,127 @@ def track_walk_forward(
             result.oof.to_parquet(folder / "oof_predictions.parquet")
             mlflow.log_artifacts(str(folder))
         per_model = result.summary()["models"]
+        parent_id = str(parent.info.run_id)
+        exp = str(parent.info.experiment_id)
         for family, fold_reports in result.reports.items():
             model = (models or {}).get(family)
-            _child(exp, family, fold_reports, per_model.get(family, {}), report, model)
+            with _child_run(exp, parent_id, family, (spans or {}).get(family), datasets):
+                _child(family, fold_reports, per_model.get(family, {}), report, model)
         if result.stacker is not None:
-            _stacker_child(exp, result, per_model.get("stacker", {}))
-        return str(parent.info.run_id)
+            with _child_run(exp, parent_id, "stacker", (spans or {}).get("stacker"), datasets):
+                _stacker_child(result, per_model.get("stacker", {}))
+    if run_id:  # the caller's run stays open until the flow ends
+        mlflow.MlflowClient().update_run(parent_id, status="RUNNING")
+    return parent_id
 
 
-def _stacker_child(experiment: str, result: WalkForwardResult, figures: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class FitSpan:
+    """When a family's fits ran (epoch ms, first start to last end) and their summed seconds."""
+
+    start_ms: int
+    end_ms: int
+    seconds: float
+
+    @classmethod
+    def of(cls, reports: list[dict[str, Any]]) -> FitSpan:
+        """The span of fit reports carrying ``started_ms``/``ended_ms``/``seconds``."""
+        return cls(
+            min(int(r["started_ms"]) for r in reports),
+            max(int(r["ended_ms"]) for r in reports),
+            float(sum(r["seconds"] for r in reports)),
+        )
+
+
+def open_run(settings: Settings, experiment: str, run_name: str, start_ms: int, tags: dict[str, str]) -> str:
+    """A RUNNING parent run that started at ``start_ms`` (the flow's start); the flow ends it."""
+    import mlflow
+
+    use_store(settings)
+    run = mlflow.MlflowClient().create_run(
+        experiment_id(settings, experiment), start_time=start_ms, tags=tags, run_name=run_name
+    )
+    return str(run.info.run_id)
+
+
+@contextmanager
+def open_flow_run(
+    settings: Settings, experiment: str, run_name: str, start_ms: int, tags: dict[str, str]
+) -> Iterator[str]:
+    """A parent run open for the rest of a flow: FINISHED when it ends, FAILED when it raises."""
+    run_id = open_run(settings, experiment, run_name, start_ms, tags)
+    try:
+        yield run_id
+    except BaseException:
+        close_run(settings, run_id, failed=True)
+        raise
+    close_run(settings, run_id)
+
+
+def close_run(settings: Settings, run_id: str, failed: bool = False) -> None:
+    """End a run opened by :func:`open_run` now: FINISHED, or FAILED when the flow failed."""
+    import mlflow
+
+    use_store(settings)
+    mlflow.MlflowClient().set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def dataset(frame: pd.DataFrame, name: str, source: str) -> Any:
+    """An ``mlflow.data`` dataset of feature-matrix rows: its name, where they came from, a digest.
+
+    The digest is :func:`data_hash` of the rows (cut to MLflow's 36 characters); the
+    source names the store's folder and the rows' date range, so runs can be compared
+    by the data they saw in the MLflow UI's Dataset column.
+    """
+    from mlflow.data.pandas_dataset import from_pandas
+
+    span = f"{frame['open_time'].min():%Y-%m-%d %H:%M} → {frame['open_time'].max():%Y-%m-%d %H:%M}"
+    return from_pandas(frame, source=f"{source} [{span}]", name=name, digest=data_hash(frame)[:32])
+
+
+@contextmanager
+def _child_run(
+    experiment: str, parent: str, family: str, span: FitSpan | None, datasets: list[tuple[Any, str]] | None
+) -> Iterator[None]:
+    """A child run for ``family`` spanning its measured fit time (now, when unmeasured)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    start = span.start_ms if span else None
+    child = client.create_run(
+        experiment, start_time=start, tags={"mlflow.parentRunId": parent, "family": family}, run_name=family
+    )
+    child_id = str(child.info.run_id)
+    with mlflow.start_run(run_id=child_id, nested=True):
+        _log_datasets(datasets)
+        if span is not None:
+            mlflow.log_metric("fit_seconds", span.seconds)
+        yield
+    if span is not None:
+        client.set_terminated(child_id, "FINISHED", end_time=span.end_ms)
+
+
+def _log_datasets(datasets: list[tuple[Any, str]] | None) -> None:
+    import mlflow
+
+    for data, context in datasets or []:
+        mlflow.log_input(data, context=context)
+
+
+def _stacker_child(result: WalkForwardResult, figures: dict[str, Any]) -> None:
     """The stacker's child run: its weights (final and per fold) and OOF figures."""
     import mlflow
 
     assert result.stacker is not None
-    with mlflow.start_run(experiment_id=experiment, run_name="stacker", nested=True):
-        mlflow.set_tag("family", "stacker")
-        inputs = [w for w in result.stacker.weights if w != "intercept"]
-        mlflow.log_params({"inputs": _param(inputs), "c": _param(result.stacker.report.get("c"))})
-        mlflow.log_metrics({f"weight_{k}": float(v) for k, v in result.stacker.weights.items()})
-        mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
-        for fold, weights in result.stacker_by_fold.items():
-            mlflow.log_metrics({f"fold_weight_{k}": float(v) for k, v in weights.items()}, step=fold)
-        mlflow.log_dict(
-            {"final": result.stacker.weights, "by_fold": result.stacker_by_fold}, "stacker_weights.json"
-        )
+    inputs = [w for w in result.stacker.weights if w != "intercept"]
+    mlflow.log_params({"inputs": _param(inputs), "c": _param(result.stacker.report.get("c"))})
+    mlflow.log_metrics({f"weight_{k}": float(v) for k, v in result.stacker.weights.items()})
+    mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
+    for fold, weights in result.stacker_by_fold.items():
+        mlflow.log_metrics({f"fold_weight_{k}": float(v) for k, v in weights.items()}, step=fold)
+    mlflow.log_dict(
+        {"final": result.stacker.weights, "by_fold": result.stacker_by_fold}, "stacker_weights.json"
+    )
 
 
 def log_decision(
@@ -248,7 +357,6 @@ def log_decision(
 
 
 def _child(
-    experiment: str,
     name: str,
     fold_reports: list[dict[str, Any]],
     figures: dict[str, Any],
@@ -259,38 +367,40 @@ def _child(
 
     from tasks import plots
 
-    with mlflow.start_run(experiment_id=experiment, run_name=name, nested=True):
-        mlflow.set_tag("family", name)
-        first = fold_reports[0] if fold_reports else {}
-        flat_params = {k: v for k, v in first.get("params", {}).items()}
-        for key in ("mapping", "features"):
-            if key in first:
-                flat_params[key] = first[key]
-        if flat_params:
-            mlflow.log_params({k: _param(v) for k, v in flat_params.items()})
-        mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
-        for fold in figures.get("per_fold", []):
-            step = int(fold["fold"])
-            mlflow.log_metrics({f"fold_{k}": float(v) for k, v in fold.items() if k != "fold"}, step=step)
-        for r in fold_reports:
-            numeric = {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "fold"}
-            mlflow.log_metrics({f"fit_{k}": v for k, v in numeric.items()}, step=int(r["fold"]))
-        if name in report["single_models"]:
-            mlflow.log_metrics(_flat("backtest", report["single_models"][name]))
-        importance = fold_reports[-1].get("importance") if fold_reports else None
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "fit_reports.json").write_text(json.dumps(fold_reports, indent=2, default=str))
-            if importance:
-                kind = "variable-selection weight" if name == "tft" else "gain importance"
-                title = f"{name}: {kind} (last fold)"
-                plots.bar_chart(importance, folder / "feature_importance.png", title)
-            if model is not None:
-                import cloudpickle
+    first = fold_reports[0] if fold_reports else {}
+    flat_params = {k: v for k, v in first.get("params", {}).items()}
+    for key in ("mapping", "features"):
+        if key in first:
+            flat_params[key] = first[key]
+    if flat_params:
+        mlflow.log_params({k: _param(v) for k, v in flat_params.items()})
+    mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
+    for fold in figures.get("per_fold", []):
+        step = int(fold["fold"])
+        mlflow.log_metrics({f"fold_{k}": float(v) for k, v in fold.items() if k != "fold"}, step=step)
+    for r in fold_reports:
+        numeric = {
+            k: float(v)
+            for k, v in r.items()
+            if isinstance(v, int | float) and k not in ("fold", "started_ms", "ended_ms")
+        }
+        mlflow.log_metrics({f"fit_{k}": v for k, v in numeric.items()}, step=int(r["fold"]))
+    if name in report["single_models"]:
+        mlflow.log_metrics(_flat("backtest", report["single_models"][name]))
+    importance = fold_reports[-1].get("importance") if fold_reports else None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "fit_reports.json").write_text(json.dumps(fold_reports, indent=2, default=str))
+        if importance:
+            kind = "variable-selection weight" if name == "tft" else "gain importance"
+            title = f"{name}: {kind} (last fold)"
+            plots.bar_chart(importance, folder / "feature_importance.png", title)
+        if model is not None:
+            import cloudpickle
 
-                # the deployable base model (the ensemble's copy is in the registered pyfunc)
-                (folder / f"{name}.pkl").write_bytes(cloudpickle.dumps(model))
-            mlflow.log_artifacts(str(folder))
+            # the deployable base model (the ensemble's copy is in the registered pyfunc)
+            (folder / f"{name}.pkl").write_bytes(cloudpickle.dumps(model))
+        mlflow.log_artifacts(str(folder))
 
 
 def _flat(prefix: str, figures: dict[str, Any]) -> dict[str, float]:

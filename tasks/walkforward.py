@@ -254,12 +254,14 @@ def fit_fold(
     context: pd.DataFrame | None = None,
 ) -> FoldFit:
     """Fit ``name`` on the fold's train/valid rows (seed + fold number); predict ``test``."""
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
     model = get_model(name, replace(config, seed=config.seed + fold.number)).fit(train, valid)
     p = None
     if test is not None:
         p = model.predict_proba(test, context=context if model.context_rows else None).to_numpy()
-    report = {"fold": fold.number, "seconds": time.perf_counter() - started, **_jsonable(model.report)}
+    seconds = time.perf_counter() - started
+    span = {"started_ms": started_ms, "ended_ms": started_ms + int(seconds * 1000)}
+    report = {"fold": fold.number, "seconds": seconds, **span, **_jsonable(model.report)}
     return FoldFit(name, fold.number, model, p, report)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,14 @@ def first_retrain(
     from flows.training import training_flow
 
     settings = load_settings(tmp_path_factory.mktemp("training") / "home")
+    started = time.time()
     doc = training_flow(
         symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
         models=["xgb", "lgbm", "nhits"],
         model_params=TINY,
         home=str(settings.home),
     )
-    return settings, doc
+    return settings, {**doc, "_wall": (started, time.time())}
 
 
 FLOORS = {"log_loss_floor", "auc_floor", "sharpe_floor", "activity", "ece", "calibration_slope"}
@@ -80,6 +82,24 @@ def test_first_retrain_is_judged_on_the_absolute_floors_and_fully_tracked(
     xgb = next(r for r in children if r.data.tags["family"] == "xgb")
     assert "xgb.pkl" in {a.path for a in client.list_artifacts(xgb.info.run_id)}  # the deployable base model
 
+    # the parent run spans the flow (its duration is the flow's wall time); each child its fits
+    started, ended = doc["_wall"]
+    info = parent.info
+    assert info.status == "FINISHED" and info.end_time is not None
+    assert started * 1000 <= info.start_time <= started * 1000 + 2000
+    assert ended * 1000 - 5000 <= info.end_time <= ended * 1000
+    for child in children:
+        assert info.start_time <= child.info.start_time <= child.info.end_time <= info.end_time
+        assert child.info.status == "FINISHED" and child.data.metrics["fit_seconds"] > 0
+    nhits = next(r for r in children if r.data.tags["family"] == "nhits")  # not the 0.1 s of logging
+    assert nhits.info.end_time - nhits.info.start_time >= 1000 * nhits.data.metrics["fit_seconds"] / 8
+    # the data it trained and was evaluated on, as MLflow datasets with a digest and a source
+    for run in (parent, xgb):
+        inputs = {(d.dataset.name, d.tags[0].value) for d in run.inputs.dataset_inputs}
+        assert inputs == {("candles-1h-spot-train", "training"), ("oof-1h-spot", "evaluation")}
+    train = next(d.dataset for d in parent.inputs.dataset_inputs if d.dataset.name.endswith("train"))
+    assert len(train.digest) == 32 and "store" in train.source and doc["data"]["start"][:10] in train.source
+
     version = client.get_model_version("quantum-trader-1h", "1")
     assert version.run_id == doc["run_id"] and version.aliases == (
         ["champion"] if doc["promoted"] else ["challenger"]
@@ -87,6 +107,21 @@ def test_first_retrain_is_judged_on_the_absolute_floors_and_fully_tracked(
     wanted = ("data_hash", "data_start", "data_end", "metric.oof_auc", "metric.oof_log_loss", "gate.decision")
     for tag in wanted:
         assert version.tags.get(tag), tag
+
+
+def test_a_flow_that_fails_marks_its_mlflow_run_failed(tmp_path: Path, prefect_harness: None) -> None:
+    from flows.training import training_flow
+
+    home = tmp_path / "home"
+    with pytest.raises(Exception, match="max_depth|depth"):
+        training_flow(
+            symbols=["BTCUSDT"], models=["xgb"], model_params={"xgb": {"max_depth": -3}},
+            home=str(home),
+        )  # fmt: skip
+    mlflow.set_tracking_uri(load_settings(home).tracking_uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parents] == ["FAILED"] and parents[0].info.end_time is not None
 
 
 @pytest.mark.slow
