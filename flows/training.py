@@ -184,12 +184,12 @@ def register_task(
     from model_registry.registry import register, set_alias
     from tasks.tracking import data_hash, dataset, track_walk_forward
 
-    source = f"{settings.store_dir} ({ensemble.interval} {ensemble.market})"
+    source = settings.store_dir / ensemble.market / ensemble.interval
     kind = f"{ensemble.interval}-{ensemble.market}"
     seen = matrix[(matrix["open_time"] <= pd.Timestamp(ensemble.trained_until)) & matrix[TARGET].notna()]
     datasets = [
         (dataset(seen, f"candles-{kind}-train", source), "training"),
-        (dataset(result.oof, f"oof-{kind}", f"walk-forward of {source}"), "evaluation"),
+        (dataset(result.oof, f"oof-{kind}", source), "evaluation"),
     ]
     run_id = track_walk_forward(
         settings,
