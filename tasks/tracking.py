@@ -283,7 +283,9 @@ def dataset(frame: pd.DataFrame, name: str, source: Path) -> Any:
     with warnings.catch_warnings():  # MLflow's hint about integer columns in model signatures
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         where = local(str(source))  # type: ignore[operator]
-        return from_pandas(frame, source=where, name=name, digest=data_hash(frame)[:32])
+        data = from_pandas(frame, source=where, name=name, digest=data_hash(frame)[:32])
+        data.schema  # inferred lazily: here, inside the filter  # noqa: B018
+    return data
 
 
 @contextmanager
