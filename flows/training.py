@@ -490,10 +490,9 @@ def training_flow(
         spans = {n: FitSpan.of([f.report for f in [*fits, *final_fits] if f.name == n]) for n in names}
 
         # stack → evaluate (true labels, even in the label-noise drill)
-        stack_started = time.perf_counter(), int(time.time() * 1000)
+        began, began_ms = time.perf_counter(), int(time.time() * 1000)
         result = stack_task(wf_folds, tests, fits, names, config, plan)
-        seconds = time.perf_counter() - stack_started[0]
-        spans["stacker"] = FitSpan(stack_started[1], stack_started[1] + int(seconds * 1000), seconds)
+        spans["stacker"] = FitSpan.lasting(began_ms, time.perf_counter() - began)
         if label_noise:
             result.oof = _true_labels(result.oof, labelled)
         costs = Costs.from_settings(settings, market)

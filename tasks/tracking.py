@@ -224,6 +224,11 @@ class FitSpan:
     seconds: float
 
     @classmethod
+    def lasting(cls, start_ms: int, seconds: float) -> FitSpan:
+        """The span that started at ``start_ms`` and took ``seconds``."""
+        return cls(start_ms, start_ms + int(seconds * 1000), seconds)
+
+    @classmethod
     def of(cls, reports: list[dict[str, Any]]) -> FitSpan:
         """The span of fit reports carrying ``started_ms``/``ended_ms``/``seconds``."""
         return cls(
