@@ -148,7 +148,11 @@ def walkforward(
                 ]
             )
         weights = ", ".join(f"{k} {v:+.3f}" for k, v in summary.get("stacker_weights", {}).items())
-        stderr.print(f"{summary['rows']:,} OOF rows compared; stacker weights: {weights}", highlight=False)
+        zero = ", ".join(summary.get("stacker_zero_weight", [])) or "none"
+        stderr.print(
+            f"{summary['rows']:,} OOF rows compared; stacker weights: {weights} (weight 0: {zero})",
+            highlight=False,
+        )
         stderr.print(f"OOF table → {target}", highlight=False)
         return document, table(
             "Walk-forward (out of fold, same rows)",

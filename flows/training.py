@@ -364,6 +364,7 @@ def _summary_metrics(evaluation: Evaluation, result: WalkForwardResult) -> dict[
         n: {"auc": v["auc"], "log_loss": v["log_loss"]} for n, v in report["per_model"].items()
     }
     out["stacker_weights"] = result.stacker.weights if result.stacker else {}
+    out["stacker_zero_weight"] = result.stacker.zero_weight if result.stacker else []
     return out
 
 

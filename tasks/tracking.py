@@ -334,13 +334,27 @@ def _stacker_child(result: WalkForwardResult, figures: dict[str, Any]) -> None:
 
     assert result.stacker is not None
     inputs = [w for w in result.stacker.weights if w != "intercept"]
-    mlflow.log_params({"inputs": _param(inputs), "c": _param(result.stacker.report.get("c"))})
+    report = result.stacker.report
+    mlflow.log_params(
+        {
+            "inputs": _param(inputs),
+            "shrinkage": _param(report.get("shrinkage")),
+            "intercept": _param(report.get("intercept")),
+            "anchor": _param(report.get("anchor")),
+            "zero_weight": _param(result.stacker.zero_weight),
+        }
+    )
     mlflow.log_metrics({f"weight_{k}": float(v) for k, v in result.stacker.weights.items()})
     mlflow.log_metrics({f"oof_{k}": float(v) for k, v in figures.items() if k != "per_fold"})
     for fold, weights in result.stacker_by_fold.items():
         mlflow.log_metrics({f"fold_weight_{k}": float(v) for k, v in weights.items()}, step=fold)
     mlflow.log_dict(
-        {"final": result.stacker.weights, "by_fold": result.stacker_by_fold}, "stacker_weights.json"
+        {
+            "final": result.stacker.weights,
+            "by_fold": result.stacker_by_fold,
+            "zero_weight": result.stacker.zero_weight,
+        },
+        "stacker_weights.json",
     )
 
 

@@ -192,6 +192,10 @@ class WalkForwardResult:
             out["models"][name] = {**overall, "per_fold": per_fold}
         if self.stacker is not None:
             out["stacker_weights"] = self.stacker.weights
+            out["stacker_zero_weight"] = self.stacker.zero_weight
+            out["stacker_form"] = {
+                k: self.stacker.report.get(k) for k in ("shrinkage", "intercept", "anchor")
+            }
         return out
 
 

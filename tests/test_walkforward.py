@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from core.settings import load_settings
 from tasks.ingest import ingest_files
 from tasks.ingest.sample import sample_paths
 from tasks.models import REGISTRY, ModelConfig
+from tasks.models.base import binary_log_loss
+from tasks.models.stacker import StackerModel
 from tasks.walkforward import WalkForward, stack_out_of_fold, walk_forward
 from tests.test_cli import qt
 from tests.test_models import TINY
@@ -192,3 +195,42 @@ def test_the_stacker_purges_rows_whose_labels_reach_into_the_next_fold() -> None
     again, _, _ = stack_out_of_fold(changed, ModelConfig(), purge=purge)
     fold1 = oof["fold"] == 1
     np.testing.assert_array_equal(stacked[fold1].to_numpy(), again[fold1].to_numpy())
+
+
+def test_the_stacker_never_bets_against_a_model_and_reports_the_ones_it_drops() -> None:
+    """Non-negative weights: an anti-informative model gets 0 (not a negative weight), reported."""
+    oof = synthetic_oof(seed=3)
+    rng = np.random.default_rng(4)
+    y = oof["target_up"].to_numpy()
+    oof["p_inverted"] = np.clip(0.5 - 0.05 * (2 * y - 1) + rng.normal(0, 0.2, len(oof)), 0.01, 0.99)
+    stacker = StackerModel(ModelConfig()).fit(oof[oof["fold"] < 3], oof[oof["fold"] == 3])
+    weights = stacker.weights
+    assert weights["inverted"] == 0.0 and weights["good"] > 0.5
+    assert "inverted" in stacker.zero_weight and "good" not in stacker.zero_weight
+    assert stacker.report["anchor"] == "good"
+
+
+def test_with_no_gain_from_combining_the_stacker_is_the_best_single_model() -> None:
+    """Shrinkage λ = ∞ (the best model as it is) wins when the others add nothing."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.5 + 0.1 * (2 * y - 1) + rng.normal(0, 0.25, n), 0.02, 0.98)
+    oof = pd.DataFrame(
+        {
+            "open_time": pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"),
+            "target_up": y,
+            "p_best": p,
+            "p_copy": np.clip(p + rng.normal(0, 1e-4, n), 0.02, 0.98),  # the same model again
+        }
+    )
+    train, valid = oof.iloc[:3000], oof.iloc[3000:]
+    stacker = StackerModel(ModelConfig(params={"stacker": {"shrink_grid": (math.inf,)}})).fit(train, valid)
+    stacked = stacker.predict_proba(valid).to_numpy()
+    np.testing.assert_allclose(stacked, np.clip(valid[f"p_{stacker.report['anchor']}"], 1e-6, 1 - 1e-6))
+    free = StackerModel(ModelConfig()).fit(train, valid)
+    assert all(w >= 0 for w in free.coef)
+    y_tr, y_va = train["target_up"].to_numpy(), valid["target_up"].to_numpy()
+    anchor = min(("p_best", "p_copy"), key=lambda c: binary_log_loss(y_tr, train[c].to_numpy()))
+    # chosen on valid, with λ = ∞ (the train-best model) among the options: never worse there
+    assert free.report["valid_log_loss"] <= binary_log_loss(y_va, valid[anchor].to_numpy()) + 1e-9
