@@ -270,10 +270,10 @@ def track(settings: Any, document: dict[str, Any]) -> str:
     """One parent run, and one child run per (market, table row) with its figures."""
     import mlflow
 
-    from tasks.tracking import git_commit, use_store
+    from tasks.tracking import experiment_id, git_commit, use_store
 
     use_store(settings)
-    mlflow.set_experiment(EXPERIMENT)
+    mlflow.set_experiment(experiment_id=experiment_id(settings, EXPERIMENT))  # artifacts under --home
     with mlflow.start_run(run_name=f"strategy research {time.strftime('%Y-%m-%d %H:%M')}") as parent:
         mlflow.set_tags({"git_commit": git_commit(), "models": ",".join(document["models"])})
         mlflow.log_params(
