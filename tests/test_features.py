@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,6 +79,35 @@ def test_the_newest_min_history_candles_give_the_training_values(candles: dict[s
     assert causality_violations(symbol_features, btc, cuts, window=spec.min_history, rtol=1e-9) == {}
     # ...and the requirement is real: far fewer candles do not suffice
     assert causality_violations(symbol_features, btc, cuts[1:], window=150, rtol=1e-9)
+
+
+def test_lags_count_time_across_a_maintenance_gap(candles: dict[str, pd.DataFrame]) -> None:
+    btc = candles["BTCUSDT"].iloc[:3000]
+    gappy = btc.drop(btc.index[2000:2005])  # a five-hour outage, like Binance's maintenance
+    feats = symbol_features(gappy, step_ms=HOUR)
+    assert feats.index.equals(gappy.index)  # no made-up rows come out
+    after, close = btc.index[2005], btc["close"]
+    # 24 bars back is 24 hours back, not 24 rows back
+    assert feats.loc[after, "log_ret_24"] == pytest.approx(np.log(close.iloc[2005] / close.iloc[1981]))
+    # one bar back across the gap is the last known close, and the models are told
+    assert feats.loc[after, "log_ret_1"] == pytest.approx(np.log(close.iloc[2005] / close.iloc[1999]))
+    assert feats.loc[after, "gap_bars_24"] == 5
+    assert feats["gap_bars_24"].iloc[1000:2000].eq(0).all()
+    assert feats.loc[btc.index[2005 + 24], "gap_bars_24"] == 0  # the flag fades after a day
+    # rows around the gap still see only the past, also from the live flow's window
+    cuts = [2001, 2003, 2030, len(gappy)]
+    assert causality_violations(symbol_features, gappy, cuts, rtol=0.0) == {}
+    window = FeatureSpec().min_history
+    assert causality_violations(symbol_features, gappy, cuts, window=window, rtol=1e-9) == {}
+
+
+def test_a_candle_off_the_time_grid_is_named(candles: dict[str, pd.DataFrame]) -> None:
+    btc = candles["BTCUSDT"].iloc[:1500].copy()
+    shifted = btc.index[1200] + pd.Timedelta(minutes=30)
+    btc.index = btc.index.where(btc.index != btc.index[1200], shifted)
+    expected = f"BTCUSDT: candle at {shifted} is off the grid of 60-minute bars"
+    with pytest.raises(BadDataError, match=re.escape(expected)):
+        feature_matrix({"BTCUSDT": btc}, HOUR)
 
 
 def test_a_leaky_feature_is_caught(candles: dict[str, pd.DataFrame]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from core.errors import BadDataError
-from tasks.features.groups import GROUPS, Candles, Columns, FeatureGroup
+from tasks.features.groups import GROUPS, Candles, Columns, FeatureGroup, on_time_grid
 from tasks.features.regime import REGIME_EXTRA_HISTORY, regime_features
 from tasks.features.sentiment import sentiment_for
 from tasks.labels import TARGET_COLUMNS, targets
@@ -54,20 +54,26 @@ class FeatureSpec:
         return need + (REGIME_EXTRA_HISTORY if self.regime else 0)
 
 
-def symbol_features(candles: pd.DataFrame, spec: FeatureSpec | None = None) -> pd.DataFrame:
+def symbol_features(
+    candles: pd.DataFrame, spec: FeatureSpec | None = None, step_ms: int | None = None
+) -> pd.DataFrame:
     """All feature columns of one symbol, indexed like ``candles`` (``open_time``).
 
     Row t uses only candles at or before t. The first ``spec.min_history - 1`` rows are
     warm-up (values not yet independent of where the data started); callers trim them.
+    Features are computed on the time grid (``step_ms``; default: the smallest spacing),
+    so a lag of k bars is k intervals across maintenance gaps too (see ``on_time_grid``).
     """
     spec = spec or FeatureSpec()
-    view = Candles.from_frame(candles)
+    step = pd.Timedelta(milliseconds=step_ms) if step_ms is not None else None
+    grid, missing = on_time_grid(candles, step)
+    view = Candles.from_frame(grid, missing)
     columns: Columns = {}
     for group in [GROUPS[name] for name in spec.groups] + list(spec.extra):
         columns.update(group.compute(view))
     if spec.regime:
         columns.update(regime_features(view, columns))
-    return pd.DataFrame(columns, index=candles.index)
+    return pd.DataFrame(columns, index=grid.index)[~missing]
 
 
 def feature_matrix(
@@ -106,7 +112,7 @@ def feature_matrix(
     if ref is not None and ref not in candles:
         raise BadDataError(f"cross-asset features need {ref} candles: ingest {ref} or turn them off")
     needed = dict.fromkeys([*wanted, ref] if ref else wanted)  # each symbol computed once
-    computed = {s: _warm_features(s, candles[s], spec) for s in needed}
+    computed = {s: _warm_features(s, candles[s], spec, step_ms) for s in needed}
     cross = None
     if ref is not None:
         prefix = ref.removesuffix("USDT").lower()
@@ -144,10 +150,14 @@ def scale_free_columns(matrix: pd.DataFrame) -> list[str]:
     return [c for c in feature_columns(matrix) if c not in RAW_LEVEL_COLUMNS]
 
 
-def _warm_features(symbol: str, history: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+def _warm_features(symbol: str, history: pd.DataFrame, spec: FeatureSpec, step_ms: int) -> pd.DataFrame:
     """A symbol's features without the warm-up rows (checked to have enough history)."""
     _check_history(symbol, history, spec)
-    return symbol_features(history, spec).iloc[spec.min_history - 1 :]
+    try:
+        feats = symbol_features(history, spec, step_ms)
+    except ValueError as exc:
+        raise BadDataError(f"{symbol}: {exc}") from exc
+    return feats.iloc[spec.min_history - 1 :]
 
 
 def _check_history(symbol: str, history: pd.DataFrame, spec: FeatureSpec) -> None:

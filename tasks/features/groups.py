@@ -6,6 +6,11 @@ Recursive indicators (EMA, Wilder smoothing) come from TA-Lib's C code; a group'
 ``min_history`` is the number of candles after which the influence of where the series
 started is below 1e-12 of the value, so the live flow can compute identical features
 from the newest ``min_history`` candles alone (tests prove both properties).
+
+Lags and windows count time, not rows: :func:`on_time_grid` puts the candles on the
+interval's grid first, a bar missing from the exchange (a maintenance gap) becoming a flat,
+zero-volume candle at the last known close, so ``log_ret_24`` spans 24 hours across a gap
+too; ``gap_bars_24`` tells the models how many of the last 24 bars were missing.
 """
 
 from __future__ import annotations
@@ -34,15 +39,49 @@ class Candles:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
+    missing: np.ndarray  # bool: the bar is absent from the exchange's data (a gap filler)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> Candles:
+    def from_frame(cls, frame: pd.DataFrame, missing: np.ndarray | None = None) -> Candles:
         """From a store frame (``open_time`` index, OHLCV columns)."""
         arrays = {
             c: np.ascontiguousarray(frame[c].to_numpy(dtype=np.float64))
             for c in ("open", "high", "low", "close", "volume")
         }
-        return cls(open_time=pd.DatetimeIndex(frame.index), **arrays)
+        flags = np.zeros(len(frame), dtype=bool) if missing is None else missing
+        return cls(open_time=pd.DatetimeIndex(frame.index), missing=flags, **arrays)
+
+
+def on_time_grid(frame: pd.DataFrame, step: pd.Timedelta | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The candles on the interval's time grid, and which grid rows were missing.
+
+    A missing bar becomes a flat candle at the previous close with zero volume: what a
+    chart of a halted market shows. It depends only on earlier candles, so features stay
+    causal. ``step`` defaults to the smallest spacing in ``frame``.
+
+    Raises:
+        ValueError: an open time is off the grid (not a whole number of steps after the first).
+    """
+    index = pd.DatetimeIndex(frame.index)
+    if len(index) < 2:
+        return frame, np.zeros(len(frame), dtype=bool)
+    step = step if step is not None else index.to_series().diff().min()
+    offset = (index - index[0]) % step
+    if (offset != pd.Timedelta(0)).any():
+        bad = index[offset != pd.Timedelta(0)][0]
+        minutes = step.total_seconds() / 60
+        raise ValueError(f"candle at {bad} is off the grid of {minutes:g}-minute bars from {index[0]}")
+    grid = pd.date_range(index[0], index[-1], freq=step, name=index.name).as_unit(index.unit)
+    if len(grid) == len(index):
+        return frame, np.zeros(len(frame), dtype=bool)
+    missing = ~grid.isin(index)
+    filled = frame.reindex(grid)
+    close = filled["close"].ffill()
+    for column in ("open", "high", "low"):
+        filled[column] = filled[column].fillna(close)
+    filled["close"] = close
+    filled["volume"] = filled["volume"].fillna(0.0)
+    return filled, missing
 
 
 @dataclass(frozen=True)
@@ -166,6 +205,11 @@ def candle_shape(c: Candles) -> Columns:
     }
 
 
+def gaps(c: Candles) -> Columns:
+    """How many of the last 24 bars were missing from the exchange (0 almost always)."""
+    return {"gap_bars_24": _rolling(c.missing.astype(np.float64), 24).sum().to_numpy()}
+
+
 def calendar(c: Candles) -> Columns:
     """Hour of day and day of week of the candle's open, on the unit circle."""
     hour = c.open_time.hour.to_numpy() + c.open_time.minute.to_numpy() / 60.0
@@ -188,5 +232,6 @@ GROUPS: dict[str, FeatureGroup] = {
         FeatureGroup("volume_flow", volume_flow, 25),
         FeatureGroup("candle_shape", candle_shape, 1),
         FeatureGroup("calendar", calendar, 1),
+        FeatureGroup("gaps", gaps, 24),
     )
 }
