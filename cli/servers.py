@@ -9,7 +9,9 @@ import typer
 
 from cli.app import (
     HomeOpt,
+    IntervalOpt,
     JsonOpt,
+    MarketOpt,
     app,
     load,
     run,
@@ -126,3 +128,67 @@ def deploy(
 
         stderr.print("serving the deployments (Ctrl-C stops)", highlight=False)
         serve_deployments(load(home), source)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the API and the dashboard.")] = 8000,
+    interval: IntervalOpt = None,
+    market: MarketOpt = "spot",
+    replay: Annotated[
+        str | None,
+        typer.Option("--replay", help="Show a replay's journal and candles: its folder, or 'latest'."),
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """FastAPI: POST /api/predict, GET /health, /api/positions, /api/trades, /api/analytics/..., /metrics.
+
+    The dashboard is at /, OpenAPI docs at /docs. Predictions use the champion of the
+    home's registry (a promotion reaches the API without a restart) on the newest stored
+    candles; no champion → 503. --replay shows what a replay (qt live --replay-from, qt demo)
+    journalled, with the home's registry. Ctrl-C stops it.
+    """
+    served: list[Any] = []
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from serving.api import create_app
+
+        target = _replay_settings(settings, replay) if replay else settings
+        app_ = create_app(target, interval, market)
+        served.append(app_)
+        url = f"http://{host}:{port}"
+        doc = {"url": url, "dashboard": f"{url}/", "docs": f"{url}/docs", "home": str(target.home)}
+        stderr.print(
+            f"API and dashboard on {url} (docs {url}/docs) for {target.home}; Ctrl-C stops.", highlight=False
+        )
+        return doc, None
+
+    run(home, as_json, command, writes=False)
+    sys.stdout.flush()
+    import uvicorn
+
+    uvicorn.run(served[0], host=host, port=port, log_level="warning")
+
+
+def _replay_settings(settings: Settings, replay: str) -> Settings:
+    """The settings of a replay's home (its store and journal, the home's registry)."""
+    from pathlib import Path
+
+    from core.errors import BadConfigError
+    from serving.replay import replay_settings
+
+    folder = settings.home / "replays"
+    if replay == "latest":
+        found = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.exists() else []
+        if not found:
+            raise BadConfigError(
+                f"--replay latest: no replay under {folder} (run qt demo or qt live --replay-from)"
+            )
+        path = found[-1]
+    else:
+        path = Path(replay).expanduser()
+        if not (path / "journal" / "journal.db").exists():
+            raise BadConfigError(f"--replay {replay}: no journal at {path / 'journal' / 'journal.db'}")
+    return replay_settings(settings, path)

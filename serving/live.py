@@ -87,6 +87,7 @@ class TickReport:
     unprotected_positions: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # phase → seconds
+    mode: str | None = None  # the risk engine's mode at the bar's close
 
 
 class ModelCache:
@@ -294,7 +295,7 @@ def journal_signals(
     label = version if role == "champion" else f"{version} ({role})"
     with journal.transaction() as session:
         for row in predictions.to_dict("records"):
-            p_up = {str(k)[2:]: float(v) for k, v in row.items() if str(k).startswith("p_")}
+            p_up = {str(k)[2:]: float(v) for k, v in row.items() if str(k).startswith("p_") and k != "p_up"}
             p_up["ensemble"] = float(row["p_up"])
             symbol = str(row["symbol"])
             when = pd.Timestamp(row["open_time"]).to_pydatetime()

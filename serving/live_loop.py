@@ -145,14 +145,28 @@ class LiveLoop:
         self._reconcile(report)
         clock.lap("reconcile")
         self.last_bar = newest
-        self._journal_errors(report)
+        self._journal_errors(report, decided=True)
         return report
 
-    def _journal_errors(self, report: live.TickReport) -> None:
-        """A tick's errors, in the journal for whoever reads it later (health, qt live's summary)."""
-        if report.errors:
-            bar = report.bar_time.isoformat() if report.bar_time is not None else None
-            with self.journal.transaction() as session:
+    def _journal_errors(self, report: live.TickReport, decided: bool = False) -> None:
+        """A tick's errors, and for a decided bar what the tick did, for whoever reads it later.
+
+        The ``tick`` event (bar, seconds, risk mode, model version, counts) is what the API's
+        health, metrics and dashboard read; ``tick_errors`` what went wrong.
+        """
+        bar = report.bar_time.isoformat() if report.bar_time is not None else None
+        if not (report.errors or decided):
+            return
+        with self.journal.transaction() as session:
+            if decided:
+                detail = {
+                    "bar": bar, "seconds": round(sum(report.seconds.values()), 6), "mode": report.mode,
+                    "model_version": report.model_version, "signals": report.signals,
+                    "orders": report.orders, "vetoes": report.vetoes, "errors": len(report.errors),
+                    "unprotected_positions": report.unprotected_positions,
+                }  # fmt: skip
+                session.add(db.Event(kind="tick", detail=detail))
+            if report.errors:
                 session.add(db.Event(kind="tick_errors", detail={"bar": bar, "errors": report.errors[:50]}))
 
     def _decide_and_trade(
@@ -164,6 +178,7 @@ class LiveLoop:
         cash = float(self.broker.balance().get(self.settings.quote_asset, Decimal(0)))
         book = live.book_of(self.journal, config, candles, cash, self.start_equity, newest)
         live.snapshot_equity(self.journal, newest, book.equity, cash)
+        report.mode = str(config.strategy.risk.mode(book))
         decisions, signal_ids = Decisions(), {}
         if ensemble is not None:
             features = live.latest_features(candles, config)

@@ -37,6 +37,11 @@ def replay_home(settings: Settings, broker: str, market: str) -> Settings:
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
     home = settings.home / "replays" / f"{stamp}-{broker}-{market}"
     home.mkdir(parents=True)
+    return replay_settings(settings, home)
+
+
+def replay_settings(settings: Settings, home: Path) -> Settings:
+    """Settings of the replay home ``home``: its own store and journal, ``settings``' registry."""
     return settings.model_copy(
         update={"home": home, "mlflow_tracking_uri": settings.tracking_uri, "journal_url": None}
     )
