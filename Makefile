@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/execution.py
 	$(BIN)/python bench/parity.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/api.py
 	$(BIN)/python bench/candles.py
 
 clean:

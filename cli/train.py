@@ -409,7 +409,9 @@ def _demo_replay(settings: Settings, show: bool) -> dict[str, Any] | None:
     stderr.print(
         f"replayed {document['ticks']} hours with {label} v{document['model_version']}: "
         f"{document['orders']} orders, {document['open_positions']} open, "
-        f"{document['unprotected_positions']} unprotected; journal in {target.home}",
+        f"{document['unprotected_positions']} unprotected; journal in {target.home}\n"
+        f"dashboard and API over this replay: qt serve --replay latest --home {settings.home} "
+        "(then http://127.0.0.1:8000/)",
         highlight=False,
     )
     return document

@@ -31,7 +31,7 @@ class _Journal(Collector):
 
     def collect(self) -> Iterator[Metric]:
         service = self.service
-        _, version, _ = service.models.current("champion")
+        _, version, _ = service.champion()
         info = GaugeMetricFamily("qt_model_loaded", "1 when a champion is loaded", labels=["version"])
         info.add_metric([version or ""], 1.0 if version else 0.0)
         yield info

@@ -7,6 +7,7 @@ home's registry, as ``qt serve --replay`` does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from core.settings import Settings, configure_environment, load_settings
 from model_registry.ensemble import Ensemble
 from model_registry.registry import register, set_alias
 from serving import live
-from serving.api import MAX_SYMBOLS, create_app
+from serving.api import ALIAS_TTL_S, MAX_SYMBOLS, create_app
 from serving.replay import replay
 from tasks.features import FeatureSpec
 from tasks.features.dataset import features_from_store
@@ -122,11 +123,13 @@ def test_a_promotion_reaches_the_api_without_a_restart(
     example = features_from_store(CandleStore(settings.store_dir), ["BTCUSDT"], "1h").tail(2)
     version = register(settings, ensemble, example)
     set_alias(settings, "1h", "champion", version)
+    time.sleep(ALIAS_TTL_S)  # the API trusts a resolved alias for this long
     try:
         assert client.post("/api/predict", json={"symbols": ["BTCUSDT"]}).json()["model_version"] == version
         assert client.get("/health").json()["model_version"] == version
     finally:
         set_alias(settings, "1h", "champion", "1")
+        time.sleep(ALIAS_TTL_S)  # the module's later tests see v1 again
 
 
 def test_health_and_the_journal_views_show_the_replay(client: TestClient) -> None:
@@ -210,7 +213,6 @@ def test_a_headless_browser_sees_the_equity_chart_and_positions(app: FastAPI, tm
     """Real chromium against a real server on 127.0.0.1: the rendered DOM and a screenshot."""
     import subprocess
     import threading
-    import time
 
     import uvicorn
 
@@ -250,7 +252,6 @@ def test_qt_serve_answers_over_http_and_refuses_a_missing_replay(
 ) -> None:  # fmt: skip
     import os
     import subprocess
-    import time
 
     import requests
 
