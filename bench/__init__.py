@@ -39,3 +39,24 @@ def train_champion(settings: Any, matrix: Any, before: Any, days: int) -> Any:
     ensemble = fit_ensemble(rows, ["xgb", "lgbm"], config, plan, trained.stacker, "1h", Costs())
     set_alias(settings, "1h", "champion", register(settings, ensemble, rows.tail(2)))
     return ensemble
+
+
+SHARED_1H = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance"
+
+
+def shared_candles(rows: int) -> dict[str, Any] | None:
+    """The newest ``rows`` store-frame candles of each shared 1h pair; None (saying so) when absent."""
+    from core.candles import to_store_frame
+    from tasks.ingest.files import read_candle_file
+
+    files = sorted(SHARED_1H.glob("*-1h.csv"))
+    if not files:
+        print(f"skipped: no shared 1h candles in {SHARED_1H} (the bench reads ../shared)")
+        return None
+    out = {}
+    for path in files:
+        raw = read_candle_file(path)
+        out[path.name.split("-")[0]] = to_store_frame(raw.drop(columns=["source_file", "source_row"])).iloc[
+            -rows:
+        ]
+    return out

@@ -29,9 +29,8 @@ import requests  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import train_champion, write_results  # noqa: E402
+from bench import shared_candles, train_champion, write_results  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "binance"
 HISTORY = 3000
 NEW_BARS = 5
 
@@ -58,30 +57,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     args = parser.parse_args()
-    files = sorted(SHARED.glob("*-1h.csv"))
-    if not files:
-        print(f"skipped: no shared 1h candles in {SHARED} (the bench reads ../shared)")
+    candles = shared_candles(HISTORY + NEW_BARS)
+    if candles is None:
         return
 
-    from core.candles import to_store_frame
     from core.settings import configure_environment, load_settings
     from tasks.features.dataset import features_from_store
-    from tasks.ingest.files import read_candle_file
     from tasks.store import CandleStore
     from tests.conftest import free_port
 
-    results: dict[str, object] = {"symbols_per_request": len(files), "requests": args.requests}
+    results: dict[str, object] = {"symbols_per_request": len(candles), "requests": args.requests}
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(Path(tmp) / "home")
         configure_environment(settings)
         store = CandleStore(settings.store_dir)
         later = {}
-        for path in files:
-            raw = read_candle_file(path)
-            frame = to_store_frame(raw.drop(columns=["source_file", "source_row"])).iloc[
-                -(HISTORY + NEW_BARS) :
-            ]
-            symbol = path.name.split("-")[0]
+        for symbol, frame in candles.items():
             store.upsert(symbol, "1h", "spot", frame.iloc[:-NEW_BARS])
             later[symbol] = frame.iloc[-NEW_BARS:]
         symbols = sorted(later)

@@ -26,9 +26,8 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import train_champion, write_results  # noqa: E402
+from bench import shared_candles, train_champion, write_results  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "binance"
 HISTORY = 3000  # candles per symbol in the store before the replay (training needs ~70 days)
 PHASES = ("model", "candles", "exits", "predict", "execute", "reconcile")
 
@@ -42,18 +41,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=8, help="ticks (bars) per universe size")
     args = parser.parse_args()
-    files = sorted(SHARED.glob("*-1h.csv"))
-    if not files:
-        print(f"skipped: no shared 1h candles in {SHARED} (the bench reads ../shared)")
+    candles = shared_candles(HISTORY + args.ticks)
+    if candles is None:
         return
 
-    from core.candles import to_store_frame
     from core.settings import configure_environment, load_settings
     from model_registry.registry import load_ensemble, register, set_alias
     from serving.live import LiveConfig, ModelCache
     from serving.replay import replay
     from tasks.features.dataset import features_from_store
-    from tasks.ingest.files import read_candle_file
     from tasks.store import CandleStore
 
     results: dict[str, object] = {"ticks": args.ticks, "history_candles": HISTORY}
@@ -61,13 +57,7 @@ def main() -> None:
         settings = load_settings(Path(tmp) / "home")
         configure_environment(settings)
         store = CandleStore(settings.store_dir)
-        base = {}
-        for path in files:
-            raw = read_candle_file(path)
-            frame = to_store_frame(raw.drop(columns=["source_file", "source_row"])).iloc[
-                -(HISTORY + args.ticks) :
-            ]
-            base[path.name.split("-")[0]] = frame
+        base = candles
         for copy in range(5):
             for symbol, frame in base.items():
                 name = symbol if copy == 0 else symbol.replace("USDT", f"{copy}USDT")
