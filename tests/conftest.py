@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -118,3 +119,38 @@ def start_qt_ui(home: Path, stderr: int = subprocess.DEVNULL) -> tuple[subproces
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
     )  # fmt: skip
     return ui, prefect_port, mlflow_port
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Any]:
+    """A home with 3 sample pairs and a small ensemble trained before UNTIL as champion (v1).
+
+    One per session: tests/test_live.py and tests/test_api.py trade and serve the same
+    champion (tests that move its alias put it back).
+    """
+    from model_registry.ensemble import fit_ensemble
+    from model_registry.registry import register, set_alias
+    from tasks.backtest import Costs
+    from tasks.features.dataset import features_from_store
+    from tasks.ingest import ingest_files
+    from tasks.ingest.sample import sample_paths
+    from tasks.models import ModelConfig
+    from tasks.store import CandleStore
+    from tasks.walkforward import WalkForward, walk_forward
+    from tests.test_live import SYMBOLS, UNTIL
+    from tests.test_models import TINY
+
+    settings = load_settings(tmp_path_factory.mktemp("live") / "home")
+    configure_environment(settings)
+    for path in sample_paths(list(SYMBOLS), "1h"):
+        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
+    matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
+    matrix = matrix[matrix["open_time"] < UNTIL]
+    plan = WalkForward(UNTIL - pd.Timedelta(days=60), UNTIL, folds=2)
+    config = ModelConfig(seed=1, device="cpu", params=TINY)
+    result = walk_forward(matrix, ["xgb", "lgbm"], config, plan)
+    assert result.stacker is not None
+    ensemble = fit_ensemble(matrix, ["xgb", "lgbm"], config, plan, result.stacker, "1h", Costs())
+    version = register(settings, ensemble, matrix[matrix["symbol"] == "BTCUSDT"].tail(2))
+    set_alias(settings, "1h", "champion", version)
+    return settings, ensemble

@@ -31,13 +31,13 @@ from tasks.ingest import ingest_files
 from tasks.ingest.sample import sample_paths
 from tasks.store import CandleStore
 from tasks.strategy.risk import Mode
-from tests.test_live import EAGER, SYMBOLS, UNTIL, trained  # noqa: F401 (the module's fixture)
+from tests.test_live import EAGER, SYMBOLS, UNTIL
 
 HOUR = pd.Timedelta(hours=1)
 
 
 @pytest.fixture(scope="module")
-def replayed(trained: tuple[Settings, Ensemble]) -> Settings:  # noqa: F811
+def replayed(trained: tuple[Settings, Ensemble]) -> Settings:
     """A 12-hour replay of the champion trading on every call (positions, trades, ticks journalled)."""
     settings, _ = trained
     config = live.LiveConfig(SYMBOLS, "1h", "spot", EAGER, model_policy=False)
@@ -58,7 +58,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 
 def test_predict_is_the_live_flows_prediction_on_the_newest_stored_bar(
-    client: TestClient, replayed: Settings, trained: tuple[Settings, Ensemble],  # noqa: F811
+    client: TestClient, replayed: Settings, trained: tuple[Settings, Ensemble],
 ) -> None:  # fmt: skip
     _, ensemble = trained
     answer = client.post("/api/predict", json={"symbols": ["ETHUSDT", "BTCUSDT"]})
@@ -116,7 +116,7 @@ def test_no_champion_is_503_never_a_made_up_prediction(tmp_path: Path) -> None:
 
 
 def test_a_promotion_reaches_the_api_without_a_restart(
-    client: TestClient, trained: tuple[Settings, Ensemble],  # noqa: F811
+    client: TestClient, trained: tuple[Settings, Ensemble],
 ) -> None:  # fmt: skip
     settings, ensemble = trained
     assert client.post("/api/predict", json={"symbols": ["BTCUSDT"]}).json()["model_version"] == "1"
@@ -248,7 +248,7 @@ def test_a_headless_browser_sees_the_equity_chart_and_positions(app: FastAPI, tm
 
 
 def test_qt_serve_answers_over_http_and_refuses_a_missing_replay(
-    trained: tuple[Settings, Ensemble], replayed: Settings, tmp_path: Path,  # noqa: F811
+    trained: tuple[Settings, Ensemble], replayed: Settings, tmp_path: Path,
 ) -> None:  # fmt: skip
     import os
     import subprocess

@@ -10,48 +10,25 @@ import pytest
 
 from core.settings import Settings, configure_environment, load_settings
 from infra.exchange import FakeExchange
-from model_registry.ensemble import Ensemble, fit_ensemble
+from model_registry.ensemble import Ensemble
 from model_registry.registry import register, set_alias
 from serving.journal import Journal, report
 from serving.journal import models as db
 from serving.live import LiveConfig, TickReport
 from serving.replay import backtest_of, replay
-from tasks.backtest import Costs
 from tasks.features.dataset import features_from_store
 from tasks.ingest import ingest_files
 from tasks.ingest.sample import sample_paths
-from tasks.models import ModelConfig
 from tasks.store import CandleStore
 from tasks.strategy.engine import Strategy
 from tasks.strategy.policy import Policy
-from tasks.walkforward import WalkForward, walk_forward
 from tests.test_cli import qt
-from tests.test_models import TINY
 
 UNTIL = pd.Timestamp("2025-05-15", tz="UTC")
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 HOUR = pd.Timedelta(hours=1)
 #: trades on any call, so a short replay has trades to compare (the registered policy rarely trades)
 EAGER = Strategy(policy=Policy(enter=0.0, exit=0.0, allow_short=False))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Ensemble]:
-    """A home with 3 sample pairs and a small ensemble trained before UNTIL as champion (v1)."""
-    settings = load_settings(tmp_path_factory.mktemp("live") / "home")
-    configure_environment(settings)
-    for path in sample_paths(list(SYMBOLS), "1h"):
-        ingest_files(path.name.split("-")[0], "1h", "spot", [path], "sample", settings)
-    matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
-    matrix = matrix[matrix["open_time"] < UNTIL]
-    plan = WalkForward(UNTIL - pd.Timedelta(days=60), UNTIL, folds=2)
-    config = ModelConfig(seed=1, device="cpu", params=TINY)
-    result = walk_forward(matrix, ["xgb", "lgbm"], config, plan)
-    assert result.stacker is not None
-    ensemble = fit_ensemble(matrix, ["xgb", "lgbm"], config, plan, result.stacker, "1h", Costs())
-    version = register(settings, ensemble, matrix[matrix["symbol"] == "BTCUSDT"].tail(2))
-    set_alias(settings, "1h", "champion", version)
-    return settings, ensemble
 
 
 def _eager(market: str = "spot") -> LiveConfig:
