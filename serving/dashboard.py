@@ -164,7 +164,8 @@ def render(service: Service) -> str:
         + (f'<p class="warn">{escape(problem)}</p>' if problem else "")
         + f'<div class="cards">{card_html}</div>'
         f"<h2>Equity</h2>{chart}<h2>Open positions</h2>{positions}"
-        f"<h2>Recent trades</h2>{trade_table}<h2>Live calibration (champion's signals)</h2>{calibration}"
+        f"<h2>Recent trades</h2>{trade_table}"
+        f"<h2>Live calibration (the traded model's signals)</h2>{calibration}"
         f'<p class="empty">refreshes every {REFRESH_SECONDS} s · JSON under /api · docs at /docs</p>'
         "</body></html>"
     )

@@ -80,7 +80,10 @@ def symbols(journal: Journal) -> list[dict[str, Any]]:
 
 
 def model_outcomes(journal: Journal, closes: Mapping[str, pd.Series], step: pd.Timedelta) -> pd.DataFrame:
-    """One row per champion signal with a known outcome: model, symbol, time, p_up, up (0/1)."""
+    """One row per traded model's signal with a known outcome: model, symbol, time, p_up, up (0/1).
+
+    Shadow predictions (the challenger's, journalled as ``"<version> (challenger)"``) are left out.
+    """
     signals = journal.read(
         lambda s: [(x.time, x.symbol, x.model_version, dict(x.p_up)) for x in s.query(db.Signal)]
     )
