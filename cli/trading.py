@@ -15,9 +15,7 @@ def _journal(settings: Settings) -> Any:
     """The journal, or None before anything was journalled (a read creates nothing)."""
     from serving.journal import Journal
 
-    if settings.journal_url is None and not (settings.home / "journal" / "journal.db").exists():
-        return None
-    return Journal(settings.journal_uri)
+    return Journal.if_exists(settings)
 
 
 @app.command()

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -110,12 +109,7 @@ class Service:
     def journal(self) -> Journal | None:
         """The home's journal, or None before the live loop wrote one (reading creates nothing)."""
         if self._journal is None:
-            exists = (
-                self.settings.journal_url is not None
-                or Path(self.settings.home / "journal" / "journal.db").exists()
-            )
-            if exists:
-                self._journal = Journal(self.settings.journal_uri)
+            self._journal = Journal.if_exists(self.settings)
         return self._journal
 
     def newest(self, symbols: list[str]) -> dict[str, pd.Timestamp]:
@@ -186,6 +180,14 @@ class Service:
             if self.store.time_range(symbol, self.interval, self.market) is not None:
                 out[symbol] = self.store.read(symbol, self.interval, self.market, start=since)["close"]
         return out
+
+    def live_models(self) -> list[dict[str, Any]]:
+        """Live accuracy, log loss and calibration per model (the traded model's signals)."""
+        journal = self.journal()
+        if journal is None:
+            return []
+        closes = self.closes(self.store.symbols(self.interval, self.market))
+        return analytics.models(analytics.model_outcomes(journal, closes, self.step))
 
     def positions(self) -> list[dict[str, Any]]:
         """Open positions with their live exits and unrealised P&L at the newest stored close."""
@@ -270,11 +272,7 @@ def create_app(settings: Settings, interval: str | None = None, market: str = "s
     @app.get("/api/analytics/models")
     def model_analytics() -> list[dict[str, Any]]:
         """Live accuracy, log loss and calibration per model on signals whose outcome is known."""
-        journal = service.journal()
-        if journal is None:
-            return []
-        closes = service.closes(service.store.symbols(service.interval, service.market))
-        return analytics.models(analytics.model_outcomes(journal, closes, service.step))
+        return service.live_models()
 
     @app.get("/api/analytics/risk")
     def risk() -> dict[str, Any]:

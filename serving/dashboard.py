@@ -102,11 +102,9 @@ def render(service: Service) -> str:
     health = service.health()
     curve = analytics.equity_curve(journal) if journal else pd.Series(dtype=float)
     symbols = service.store.symbols(service.interval, service.market)
-    traded = (
-        sorted({t["symbol"] for t in report.trades(journal)} | {p["symbol"] for p in service.positions()})
-        if journal
-        else []
-    )
+    held = service.positions()
+    closed = report.trades(journal) if journal else []
+    traded = sorted({t["symbol"] for t in closed} | {p["symbol"] for p in held})
     benchmark = pd.Series(dtype=float)
     if len(curve):
         closes = service.closes(traded or symbols, since=curve.index[0])
@@ -114,7 +112,6 @@ def render(service: Service) -> str:
     chart = line_chart(
         {"equity": curve, "buy-and-hold (equal weight, no costs)": benchmark}, ["#2563eb", "#9ca3af"]
     )
-    held = service.positions()
     positions = table(
         "positions", ["symbol", "side", "qty", "entry", "stop", "take-profits", "unrealised", "model"],
         [[p["symbol"], p["side"], p["quantity"], p["entry_price"], p["stop"] or "NONE",
@@ -122,17 +119,14 @@ def render(service: Service) -> str:
           p["unrealised_pnl"], p["model_version"]] for p in held],
         "no open positions",
     )  # fmt: skip
-    trades = report.trades(journal)[-20:] if journal else []
+    trades = closed[-20:]
     trade_table = table(
         "trades", ["symbol", "side", "qty", "entry", "exit", "closed", "net P&L", "R", "model"],
         [[t["symbol"], t["side"], t["quantity"], t["entry_price"], t["exit_price"], t["closed_at"],
           t["net_pnl"], t["r_multiple"], t["model_version"]] for t in reversed(trades)],
         "no closed trades yet",
     )  # fmt: skip
-    closes_all = service.closes(symbols) if journal else {}
-    live_models = (
-        analytics.models(analytics.model_outcomes(journal, closes_all, service.step)) if journal else []
-    )
+    live_models = service.live_models()
     calibration = table(
         "calibration", ["model", "rows", "accuracy", "log loss", "ECE", "mean P(up)", "up share"],
         [[m["model"], m["rows"], m["accuracy"], m["log_loss"], m["ece"], m["mean_p_up"], m["up_share"]]

@@ -75,6 +75,13 @@ class Journal:
                 ) from err
         return cls(settings.journal_uri)
 
+    @classmethod
+    def if_exists(cls, settings: Settings) -> Journal | None:
+        """The journal of ``settings``, or None before anything was journalled (creates nothing)."""
+        if settings.journal_url is None and not (settings.home / "journal" / "journal.db").exists():
+            return None
+        return cls(settings.journal_uri)
+
     def close(self) -> None:
         """Release the connections."""
         self.engine.dispose()
