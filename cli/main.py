@@ -17,7 +17,15 @@ from cli.app import app
 from cli.output import emit_json
 
 #: Command groups in the order ``qt --help`` lists them; importing one registers its commands.
-COMMAND_MODULES = ("cli.ingest", "cli.train", "cli.registry", "cli.trading", "cli.live", "cli.servers")
+COMMAND_MODULES = (
+    "cli.ingest",
+    "cli.train",
+    "cli.demo",
+    "cli.registry",
+    "cli.trading",
+    "cli.live",
+    "cli.servers",
+)
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 
