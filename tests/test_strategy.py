@@ -139,7 +139,7 @@ def test_simulation_accounts_every_fill_and_the_equity_adds_up(btc_raw: pd.DataF
     assert result.vetoes, "the stretch should have refused entries"
     reasons = {reason.split(":")[0].split(" ")[0] for _, _, reason in result.vetoes}
     assert reasons <= {"cooldown", "confidence", "NORMAL", "DEFENSIVE", "CRITICAL", "HALT", "gross", "size",
-                       "correlation-weighted"}  # fmt: skip
+                       "correlation-weighted", "symbol"}  # fmt: skip
 
 
 def _open_funding(result, venue, frame) -> float:  # type: ignore[no-untyped-def]
@@ -207,3 +207,46 @@ def test_ranking_prefers_what_diversifies_is_liquid_and_has_a_record() -> None:
     flat = Book(10_000, 10_000, 10_000, symbol_r={"SOLUSDT": [-1.0] * 5, "BTCUSDT": [1.0] * 5})
     [entry] = strategy.decide(flat, [_signal("SOLUSDT", 0.72), _signal("BTCUSDT", 0.7)], HOUR).entries
     assert entry.symbol == "BTCUSDT"  # a better record beats a slightly larger edge
+
+
+def _wide(symbol: str, p_up: float, at: pd.Timestamp = T0) -> Signal:
+    """A signal whose stop sits far enough (5 % ATR) that the risk, not the notional cap, sizes it."""
+    return Signal(symbol, at, p_up, 100.0, 0.05, float(Regime.CHOPPY), edge_scale=0.01, cost=0.0005)
+
+
+def test_symbol_manager_disables_a_losing_symbol_for_its_cool_off_and_halves_a_poor_ones_risk() -> None:
+    """Four losses in a row in BTC: off for 48 bars from its last exit, back after; poor record: half risk."""
+    limits = RiskLimits(
+        symbol_disable_after=4, symbol_cooloff_bars=48, poor_symbol_scale=0.5, cooldown_bars=0
+    )
+    strategy = Strategy(risk=limits, top_k=5, track_after=5)
+    losing = Book(10_000, 10_000, 10_000, last_exit={"BTCUSDT": T0}, symbol_r={"BTCUSDT": [1.0] + [-1.0] * 4})
+    soon = strategy.decide(losing, [_wide("BTCUSDT", 0.7, T0 + 47 * HOUR)], HOUR)
+    assert soon.entries == [] and soon.vetoes == [
+        ("BTCUSDT", "symbol disabled: 4 losing trades in a row; cool-off until 2025-01-03T10:00:00+00:00")
+    ]
+    [back] = strategy.decide(losing, [_wide("BTCUSDT", 0.7, T0 + 48 * HOUR)], HOUR).entries
+    # five trades, average R negative: the symbol is a poor performer and takes half the risk
+    fresh = strategy.decide(Book(10_000, 10_000, 10_000), [_wide("BTCUSDT", 0.7, T0 + 48 * HOUR)], HOUR)
+    assert back.quantity == pytest.approx(fresh.entries[0].quantity * 0.5)
+    won_last = Book(
+        10_000, 10_000, 10_000, last_exit={"BTCUSDT": T0}, symbol_r={"BTCUSDT": [-1.0] * 4 + [2.0]}
+    )
+    assert strategy.decide(won_last, [_wide("BTCUSDT", 0.7, T0 + HOUR)], HOUR).vetoes == []  # streak reset
+    off = Strategy(risk=RiskLimits(symbol_disable_after=0, cooldown_bars=0), top_k=5)
+    assert off.decide(losing, [_wide("BTCUSDT", 0.7, T0 + HOUR)], HOUR).vetoes == []  # 0: never disabled
+
+
+def test_the_supervisors_floor_mode_holds_the_book_at_defensive_or_above() -> None:
+    limits = RiskLimits()
+    floored = Book(10_000, 10_000, 10_000, floor_mode=Mode.DEFENSIVE)
+    assert limits.mode(floored) is Mode.DEFENSIVE
+    floored.r_multiples = [-1.0] * 6
+    assert limits.mode(floored) is Mode.CRITICAL  # the floor raises the mode, never lowers it
+    strategy = Strategy(top_k=5)
+    signals = [_wide("BTCUSDT", 0.7)]
+    normal = strategy.decide(Book(10_000, 10_000, 10_000), signals, HOUR).entries[0]
+    defensive = strategy.decide(
+        Book(10_000, 10_000, 10_000, floor_mode=Mode.DEFENSIVE), signals, HOUR
+    ).entries[0]
+    assert defensive.quantity == pytest.approx(normal.quantity * limits.defensive_risk_scale)

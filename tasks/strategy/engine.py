@@ -179,6 +179,9 @@ class Strategy:
             risk.max_correlated_exposure, self.rank_correlation, self.rank_track, self.track_after,
             self.track_alpha,
         )  # fmt: skip
+        params[[k.SYMBOL_DISABLE_AFTER, k.SYMBOL_COOLOFF, k.POOR_SCALE]] = (
+            risk.symbol_disable_after, risk.symbol_cooloff_bars, risk.poor_symbol_scale,
+        )  # fmt: skip
         multiples = dict(sizing.atr_multiples)
         atr_table = np.full(max(max(multiples), int(Regime.CHOPPY)) + 1, np.nan)
         for code, multiple in multiples.items():
@@ -257,21 +260,22 @@ class Strategy:
         bar_time = max(s.bar_time for s in signals) if signals else pd.Timestamp(0, tz="UTC")
         out = _Answer(n)
         params, atr_table, profiles = self.parameters
-        track, track_count = np.zeros(n), np.zeros(n, np.int64)
+        track, track_count, streak = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
         for symbol, results in book.symbol_r.items():
             if symbol in row:
                 i = row[symbol]
                 for r in results:
                     track[i] = track_update(track[i], int(track_count[i]), r, self.track_alpha)
                     track_count[i] += 1
+                    streak[i] = streak[i] + 1 if r < 0 else 0
         returns, volumes, _ = (window or MarketWindow.empty()).arrays(symbols, self.window)
         wins, losses = [r for r in book.r_multiples if r > 0], [-r for r in book.r_multiples if r < 0]
         payoff = (sum(wins) / len(wins)) / (sum(losses) / len(losses)) if wins and losses else np.nan
         considered, mode = k.decide_bar(  # type: ignore[call-arg]
             params, atr_table, profiles, book.equity, book.peak_equity, book.day_start_equity,
-            len(book.r_multiples), book.losing_streak, payoff,
+            len(book.r_multiples), book.losing_streak, payoff, list(Mode).index(book.floor_mode),
             side, held[0], held[1], held[2], held[3], held[4], last_exit, held[5],
-            has_signal, *numbers, bar_time.value, step.value, returns, volumes, track, track_count,
+            has_signal, *numbers, bar_time.value, step.value, returns, volumes, track, track_count, streak,
             *(grids or Grids()).of(symbols), *out.arrays(),
         )  # fmt: skip
         by_symbol = {s.symbol: s for s in signals}
@@ -349,6 +353,9 @@ def veto_reason(code: int, detail: np.ndarray, mode: Mode, risk: RiskLimits) -> 
         return "no equity"
     if code == k.VETO_EXPOSURE:
         return f"gross exposure {detail[0]:.2f} above {risk.max_gross_exposure}"
+    if code == k.VETO_DISABLED:
+        until = pd.Timestamp(round(detail[1] * 1e6), unit="us", tz="UTC").isoformat()
+        return f"symbol disabled: {int(detail[0])} losing trades in a row; cool-off until {until}"
     if code == k.VETO_CORRELATED:
         return f"correlation-weighted exposure {detail[0]:.2f} above {risk.max_correlated_exposure}"
     return "size 0 (Kelly sees no edge, or the stop distance is 0)"

@@ -32,14 +32,15 @@ DEFENSIVE_MAX, CRITICAL_MAX = 19, 20
 CONSERVATIVE_BELOW, AGGRESSIVE_ABOVE, BREAKEVEN_R, TRAIL_AFTER_R, TRAIL_R = 21, 22, 23, 24, 25
 TOP_K, CLOSE_ON_FLAT, CHOPPY = 26, 27, 28
 MAX_CORRELATED, RANK_CORRELATION, RANK_TRACK, TRACK_AFTER, TRACK_ALPHA = 29, 30, 31, 32, 33
-N_PARAMETERS = 34
+SYMBOL_DISABLE_AFTER, SYMBOL_COOLOFF, POOR_SCALE = 34, 35, 36
+N_PARAMETERS = 37
 
 # Modes (risk.Mode in this order).
 NORMAL, DEFENSIVE, CRITICAL, HALT = 0, 1, 2, 3
 
 # Candidate outcomes: 0 entered, -1 skipped (a short where shorting is off), else a veto.
 VETO_HALT, VETO_CONFIDENCE, VETO_HELD, VETO_COOLDOWN, VETO_POSITIONS = 1, 2, 3, 4, 5
-VETO_NO_EQUITY, VETO_EXPOSURE, VETO_SIZE, VETO_CORRELATED = 6, 7, 8, 9
+VETO_NO_EQUITY, VETO_EXPOSURE, VETO_SIZE, VETO_CORRELATED, VETO_DISABLED = 6, 7, 8, 9, 10
 
 # Close reasons.
 CLOSE_TURNED, CLOSE_FLAT = 1, 2
@@ -173,17 +174,44 @@ def moved_stop(
 
 
 @njit(cache=True)
-def mode_of(params: np.ndarray, equity: float, peak: float, day_start: float, losing_streak: int) -> int:
-    """HALT on the day's or the peak's drawdown limit, CRITICAL / DEFENSIVE on a losing streak."""
-    if day_start > 0 and equity <= day_start * (1 - params[DAILY_DRAWDOWN]):
-        return HALT
-    if peak > 0 and equity <= peak * (1 - params[HALT_DRAWDOWN]):
-        return HALT
-    if losing_streak >= params[CRITICAL_AFTER]:
-        return CRITICAL
+def mode_of(
+    params: np.ndarray, equity: float, peak: float, day_start: float, losing_streak: int, floor: int
+) -> int:
+    """HALT on the day's or the peak's drawdown limit, CRITICAL / DEFENSIVE on a losing streak.
+
+    ``floor`` is the least cautious mode allowed (the model supervisor's DEFENSIVE when the
+    live model drifts; NORMAL otherwise): the book's own mode is raised to it, never lowered.
+    """
+    mode = NORMAL
     if losing_streak >= params[DEFENSIVE_AFTER]:
-        return DEFENSIVE
-    return NORMAL
+        mode = DEFENSIVE
+    if losing_streak >= params[CRITICAL_AFTER]:
+        mode = CRITICAL
+    if day_start > 0 and equity <= day_start * (1 - params[DAILY_DRAWDOWN]):
+        mode = HALT
+    if peak > 0 and equity <= peak * (1 - params[HALT_DRAWDOWN]):
+        mode = HALT
+    return max(mode, floor)
+
+
+@njit(cache=True)
+def symbol_disabled(params: np.ndarray, streak: int, last_exit: int, bar_time: int, step: int) -> bool:
+    """A symbol is off after ``SYMBOL_DISABLE_AFTER`` losing trades in a row, for ``SYMBOL_COOLOFF`` bars.
+
+    The cool-off runs from its last exit; after it the symbol trades again, and one more loss
+    (the streak still long) turns it off for another cool-off, a win resets the streak.
+    """
+    if params[SYMBOL_DISABLE_AFTER] <= 0 or streak < params[SYMBOL_DISABLE_AFTER] or last_exit == NO_TIME:
+        return False
+    return bool(bar_time - last_exit < int(params[SYMBOL_COOLOFF]) * step)
+
+
+@njit(cache=True)
+def symbol_scale(params: np.ndarray, track: float, trades: int) -> float:
+    """The risk a symbol's entries take: × ``POOR_SCALE`` when its track record is negative."""
+    if trades >= params[TRACK_AFTER] and np.isfinite(track) and track < 0:
+        return params[POOR_SCALE]
+    return 1.0
 
 
 @njit(cache=True)
@@ -244,10 +272,10 @@ def _rank_weight(params: np.ndarray, liquid: float, track: float, trades: int) -
 @njit(cache=True)
 def decide_bar(
     params, atr_table, profiles,
-    equity, peak, day_start, closed_trades, losing_streak, payoff,
+    equity, peak, day_start, closed_trades, losing_streak, payoff, floor_mode,
     side, quantity, entry, stop, initial_stop, best, last_exit, price,
     has_signal, p_up, close, atr_pct, regime, edge_scale, cost, bar_time, step,
-    returns, volumes, track, track_count,
+    returns, volumes, track, track_count, symbol_streak,
     tick, lot, tick_digits, lot_digits,
     close_code, stop_move, candidate, outcome, detail, entry_sign, entry_quantity, entry_stop,
     tp_price, tp_quantity,
@@ -261,10 +289,12 @@ def decide_bar(
     (1 + ``RANK_TRACK`` × its average R after ``TRACK_AFTER`` trades, within 0.5–1.5) × (1 −
     ``RANK_CORRELATION`` × its strongest same-direction correlation with what is held or
     taken this bar); ties by symbol. Each is sized (ATR stop, risk per trade or Kelly, scaled
-    by the mode), put on the venue's grids and risk-checked, the correlation-weighted
-    exposure sqrt(vᵀ C v) / equity (v the signed notionals, C the window's correlations,
-    unknown ones 1) included. ``candidate[k]`` is the k-th considered symbol,
-    ``outcome[k]`` what became of it (0 entered), ``detail[k]`` the veto's numbers; an entry's
+    by the mode — at least ``floor_mode`` — and by :func:`symbol_scale`), put on the venue's
+    grids and risk-checked, the correlation-weighted exposure sqrt(vᵀ C v) / equity (v the
+    signed notionals, C the window's correlations, unknown ones 1) included; a symbol on a
+    losing streak is vetoed in its cool-off (:func:`symbol_disabled`, ``symbol_streak`` its
+    losing trades in a row). ``candidate[k]`` is the k-th considered symbol, ``outcome[k]``
+    what became of it (0 entered), ``detail[k]`` the veto's numbers; an entry's
     side, size, stop and take-profit legs are at its symbol's row of ``entry_*`` / ``tp_*``.
     """
     n = len(side)
@@ -297,7 +327,7 @@ def decide_bar(
         if side[i] == 0 and has_signal[i] and (wanted[i] == 1.0 or wanted[i] == -1.0):
             net_edge[i] = abs(2.0 * p_up[i] - 1.0) * edge_scale[i] - 2.0 * cost[i]
             count += 1
-    mode = mode_of(params, equity, peak, day_start, losing_streak)
+    mode = mode_of(params, equity, peak, day_start, losing_streak, floor_mode)
     scale = risk_scale(params, mode)
     limit = max_positions(params, mode)
     exposure = gross_exposure(side, quantity, entry, price, equity)
@@ -338,6 +368,7 @@ def decide_bar(
         distance = stop_distance(params, atr_table, close[i], atr_pct[i], regime[i])
         p_win = p_up[i] if sign > 0 else 1.0 - p_up[i]
         risk = risk_fraction(params, p_win, payoff, closed_trades) * scale
+        risk *= symbol_scale(params, track[i], track_count[i])
         size = round_down(quantity_for(params, equity, close[i], distance, risk), lot[i], lot_digits[i])
         confidence = abs(2.0 * p_up[i] - 1.0)
         value = sign * size * close[i]
@@ -357,6 +388,9 @@ def decide_bar(
             code, detail[k, 0] = VETO_CONFIDENCE, confidence
         elif last_exit[i] != NO_TIME and bar_time - last_exit[i] < int(params[COOLDOWN_BARS]) * step:
             code, detail[k, 0] = VETO_COOLDOWN, last_exit[i] / 1e9  # seconds
+        elif symbol_disabled(params, symbol_streak[i], last_exit[i], bar_time, step):
+            until = (last_exit[i] + int(params[SYMBOL_COOLOFF]) * step) / 1e9  # seconds
+            code, detail[k, 0], detail[k, 1] = VETO_DISABLED, float(symbol_streak[i]), until
         elif held_count + taken >= limit:
             code, detail[k, 0], detail[k, 1] = VETO_POSITIONS, float(held_count + taken), float(limit)
         elif equity <= 0:

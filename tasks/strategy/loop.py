@@ -79,6 +79,7 @@ def _fill(i, filled, fill_price, leg, at, fee_bps, account):
     stats[CLOSED] += 1
     track[i, 0] = track_update(track[i, 0], int(track[i, 1]), r, track[i, 2])
     track[i, 1] += 1
+    track[i, 3] = track[i, 3] + 1 if r < 0 else 0
     stats[STREAK] = stats[STREAK] + 1 if r < 0 else 0
     if r > 0:
         stats[N_WIN] += 1
@@ -131,7 +132,7 @@ def run(
     vetoes = np.zeros((capacity, 6))
     n_vetoes = entries = 0
     stats = np.zeros(5, np.int64)
-    track = np.zeros((n, 3))  # per symbol: average R, closed trades, the average's weight
+    track = np.zeros((n, 4))  # per symbol: average R, closed trades, the average's weight, losing streak
     track[:, 2] = params[TRACK_ALPHA]
     returns, volumes, previous = returns.copy(), volumes.copy(), last_close.copy()
     new_return = np.full(n, np.nan)
@@ -243,11 +244,11 @@ def run(
         n_win, n_loss = stats[N_WIN], stats[N_LOSS]
         payoff = (money[SUM_WIN] / n_win) / (money[SUM_LOSS] / n_loss) if n_win > 0 and n_loss > 0 else np.nan
         considered, mode = decide_bar(
-            params, atr_table, profiles, equity, peak, day_start, stats[CLOSED], stats[STREAK], payoff,
+            params, atr_table, profiles, equity, peak, day_start, stats[CLOSED], stats[STREAK], payoff, 0,
             side, pos[:, QTY], pos[:, ENTRY], pos[:, STOP], pos[:, INITIAL_STOP], pos[:, BEST], times[:, 1],
             price,
             present, p_up[t], bar_close[t], atr_pct[t], regime[t], edge_scale, cost, at, step,
-            returns, volumes, track[:, 0], track[:, 1].astype(np.int64),
+            returns, volumes, track[:, 0], track[:, 1].astype(np.int64), track[:, 3].astype(np.int64),
             tick, lot, tick_digits, lot_digits,
             close_code, stop_move, candidate, outcome, detail, entry_sign, entry_quantity, entry_stop,
             entry_tp_price, entry_tp_quantity,

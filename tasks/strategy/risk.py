@@ -8,8 +8,14 @@ stop with one set of rules, applied in this order to every candidate entry:
   after ``critical_after_losses`` losing trades in a row; DEFENSIVE after
   ``defensive_after_losses``; NORMAL otherwise. DEFENSIVE and CRITICAL scale the risk per
   trade down and cap the open positions lower;
-* min confidence, no second position in a symbol, a cooldown after a symbol's exit, max open
-  positions, max gross exposure (sum of notional over equity).
+  The model supervisor (:mod:`serving.supervisor`) can hold the mode at DEFENSIVE or above
+  (``Book.floor_mode``) while the live model is off its training behaviour;
+* min confidence, no second position in a symbol, a cooldown after a symbol's exit, a
+  symbol's cool-off after ``symbol_disable_after`` losing trades in it in a row, max open
+  positions, max gross exposure (sum of notional over equity);
+* the symbol performance manager's sizing: a symbol whose track record (average R over its
+  trades, after ``Strategy.track_after`` of them) is negative takes ``poor_symbol_scale`` of
+  the risk per trade.
 
 * max correlation-weighted exposure: sqrt(vᵀ C v) / equity of the book with the entry (v
   the signed notionals, C the correlations of the last ``Strategy.window`` bars' returns,
@@ -77,6 +83,7 @@ class Book:
         r_multiples: closed trades' net results in R, oldest first.
         symbol_r: the same per symbol (its track record), oldest first.
         prices: symbol → the bar's close.
+        floor_mode: the least cautious mode allowed now (the supervisor's verdict).
     """
 
     equity: float
@@ -87,6 +94,7 @@ class Book:
     r_multiples: list[float] = field(default_factory=list)
     symbol_r: dict[str, list[float]] = field(default_factory=dict)
     prices: dict[str, float] = field(default_factory=dict)
+    floor_mode: Mode = Mode.NORMAL
 
     @property
     def losing_streak(self) -> int:
@@ -116,6 +124,9 @@ class RiskLimits:
     critical_risk_scale: float = 0.25
     defensive_max_positions: int = 2
     critical_max_positions: int = 1
+    symbol_disable_after: int = 4
+    symbol_cooloff_bars: int = 48
+    poor_symbol_scale: float = 0.5
 
     def mode(self, book: Book) -> Mode:
         """The book's mode now."""
@@ -123,7 +134,14 @@ class RiskLimits:
 
         params = _parameters(self)
         return list(Mode)[
-            mode_of(params, book.equity, book.peak_equity, book.day_start_equity, book.losing_streak)
+            mode_of(
+                params,
+                book.equity,
+                book.peak_equity,
+                book.day_start_equity,
+                book.losing_streak,
+                list(Mode).index(book.floor_mode),
+            )
         ]
 
     def risk_scale(self, mode: Mode) -> float:
