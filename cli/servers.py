@@ -92,12 +92,13 @@ def deploy(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register (and serve) the deployments: daily retrain, triggered retrain, live tick a minute.
+    """Register (and serve) the deployments: daily retrain, triggered retrain, live tick, supervisor.
 
     Needs a Prefect server: the one qt ui keeps up for this home (found by itself), or
-    PREFECT_API_URL. The triggered retrain has no schedule; the live side or a supervisor
-    starts it (flows.deploy.request_retrain). live/every-minute trades the champion on the
-    paper broker, one tick at a time, never beside a retrain's registry writes.
+    PREFECT_API_URL. The triggered retrain has no schedule; the model supervisor starts it
+    (flows.deploy.request_retrain). live/every-minute trades the champion on the paper
+    broker, one tick at a time, never beside a retrain's registry writes; supervisor/hourly
+    checks the live model's calibration and drift and moves the risk engine to DEFENSIVE.
     """
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:

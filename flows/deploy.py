@@ -1,9 +1,11 @@
-"""Prefect deployments: a daily retrain, a triggered one, and the every-minute live tick.
+"""Prefect deployments: a daily retrain, a triggered one, the every-minute live tick, the hourly supervisor.
 
 ``daily-retrain`` runs at 00:00 UTC. ``triggered-retrain`` has no schedule: the live side
-or a model supervisor starts it (:func:`request_retrain`) when live win rate or
+or the model supervisor starts it (:func:`request_retrain`) when live win rate or
 calibration degrade, or after N new candles, passing the reason and any parameter
-overrides. ``live/every-minute`` runs one live tick a minute (paper broker by default).
+overrides. ``live/every-minute`` runs one live tick a minute (paper broker by default);
+``supervisor/hourly`` checks the traded model's live record at minute 5 of every hour
+(:mod:`flows.supervisor`).
 Each runs one at a time (concurrency limit 1) and points at the same home; the live tick
 takes the home's global concurrency limit (:data:`flows.live.HOME_LIMIT`, 1 slot), which
 :func:`apply_deployments` creates, so it never runs beside a retrain's registry writes.
@@ -21,6 +23,8 @@ DAILY = "daily-retrain"
 TRIGGERED = "triggered-retrain"
 LIVE = "every-minute"
 LIVE_CRON = "* * * * *"
+SUPERVISOR = "hourly"
+SUPERVISOR_CRON = "5 * * * *"
 
 
 def check_api(url: str, timeout_s: float = 5.0) -> None:
@@ -48,7 +52,7 @@ def check_api(url: str, timeout_s: float = 5.0) -> None:
 
 
 def deployments(settings: Settings, source: str = "store") -> list[Any]:
-    """The two retrain deployments (not yet applied), parameterised with the home."""
+    """The retrain, live and supervisor deployments (not yet applied), parameterised with the home."""
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
@@ -85,11 +89,25 @@ def deployments(settings: Settings, source: str = "store") -> list[Any]:
         tags=["quantum-trader", "live"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [daily, triggered, live]
+    from flows.supervisor import supervisor_flow
+
+    supervise = supervisor_flow.to_deployment(
+        name=SUPERVISOR,
+        schedules=[Cron(SUPERVISOR_CRON, timezone="UTC")],
+        description=(
+            "Every hour: the live model's log loss, accuracy, calibration, bias and feature drift; "
+            "DEFENSIVE and a triggered retrain when one is off (checks in MLflow's monitoring experiment)."
+        ),
+        parameters={"home": str(settings.home), "market": settings.default_market},
+        concurrency_limit=1,
+        tags=["quantum-trader", "monitoring"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [daily, triggered, live, supervise]
 
 
 def apply_deployments(settings: Settings, source: str = "store") -> list[dict[str, Any]]:
-    """Register both deployments with the Prefect API; returns what the API now holds."""
+    """Register the deployments with the Prefect API; returns what the API now holds."""
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -107,7 +125,8 @@ def apply_deployments(settings: Settings, source: str = "store") -> list[dict[st
                 limit = GlobalConcurrencyLimitCreate(name=HOME_LIMIT, limit=1)
                 await client.create_global_concurrency_limit(limit)
             out = []
-            for flow_name, name in ((FLOW_NAME, DAILY), (FLOW_NAME, TRIGGERED), ("live", LIVE)):
+            named = ((FLOW_NAME, DAILY), (FLOW_NAME, TRIGGERED), ("live", LIVE), ("supervisor", SUPERVISOR))
+            for flow_name, name in named:
                 found = await client.read_deployment_by_name(f"{flow_name}/{name}")
                 out.append(
                     {

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from core.candles import interval_ms
 from core.errors import QTError
 from core.settings import Settings
-from serving import live
+from serving import live, supervisor
 from serving.journal import Journal, analytics, report
 from tasks.features import FeatureSpec
 from tasks.store import CandleStore
@@ -198,6 +198,15 @@ class Service:
         prices = {s: Decimal(str(c.iloc[-1])) for s, c in self.closes(sorted(held)).items() if len(c)}
         return report.positions(journal, prices)
 
+    def symbols(self) -> list[dict[str, Any]]:
+        """Per-symbol performance and the symbol manager's state as of the newest decided bar."""
+        journal = self.journal()
+        if journal is None:
+            return []
+        tick = analytics.last_tick(journal)
+        now = pd.Timestamp(tick["bar"]) + self.step if tick and tick.get("bar") else None
+        return analytics.symbols(journal, now=now, step=self.step)
+
     def health(self) -> dict[str, Any]:
         """Model loaded, last tick, venue reachability (as the last tick saw it), risk mode, freshness."""
         _, version, problem = self.champion()
@@ -221,8 +230,16 @@ class Service:
             "last_tick": tick, "last_tick_errors": last_errors[:20],
             "venue_reachable": None if tick is None else not unreachable,
             "risk_mode": tick.get("mode") if tick else None,
+            "supervisor": _verdict_summary(supervisor.latest(journal) if journal else None),
             "data_freshness": fresh, "uptime_seconds": round(time.time() - self.started, 1),
         }  # fmt: skip
+
+
+def _verdict_summary(verdict: dict[str, Any] | None) -> dict[str, Any] | None:
+    if verdict is None:
+        return None
+    keys = ("event_time", "model_version", "mode", "reasons", "rows", "note", "retrain_run_id")
+    return {k: verdict.get(k) for k in keys}
 
 
 def create_app(settings: Settings, interval: str | None = None, market: str = "spot") -> FastAPI:
@@ -291,9 +308,14 @@ def create_app(settings: Settings, interval: str | None = None, market: str = "s
 
     @app.get("/api/analytics/symbols")
     def symbol_analytics() -> list[dict[str, Any]]:
-        """Closed trades, win rate, mean R and net P&L per symbol."""
+        """Per symbol: closed trades, win rate, mean R, net P&L; enabled, reduced or disabled (until when)."""
+        return service.symbols()
+
+    @app.get("/api/analytics/supervisor")
+    def supervision() -> dict[str, Any] | None:
+        """The model supervisor's newest verdict: mode, reasons, every check, per-model figures, drift."""
         journal = service.journal()
-        return analytics.symbols(journal) if journal else []
+        return supervisor.latest(journal) if journal else None
 
     @app.get("/metrics", response_class=Response)
     def prometheus() -> Response:

@@ -133,12 +133,29 @@ def render(service: Service) -> str:
          for m in live_models],
         "no live signals with a known outcome yet",
     )  # fmt: skip
+    symbol_table = table(
+        "symbols", ["symbol", "trades", "win rate", "mean R", "net P&L", "losing streak", "state", "until"],
+        [[r["symbol"], r["trades"], r["win_rate"], r["mean_r"], r["net_pnl"], r["losing_streak"],
+          r["state"] if r["risk_scale"] == 1 or r["state"] == "disabled" else f"reduced ×{r['risk_scale']}",
+          (r["disabled_until"] or "—")[:16]] for r in service.symbols()],
+        "no closed trades yet",
+    )  # fmt: skip
+    verdict = health["supervisor"]
+    supervision = '<p class="empty">no verdict yet (the supervisor/hourly deployment writes one)</p>'
+    if verdict:
+        why = "; ".join(verdict["reasons"]) or verdict["note"] or "every check passed"
+        at, version = str(verdict["event_time"])[:16], str(verdict["model_version"])
+        supervision = (
+            f"<p>{escape(verdict['mode'])} at {escape(at)} on v{escape(version)} "
+            f"({verdict['rows']} signals with an outcome): {escape(why)}</p>"
+        )
     naked = sum(p["stop"] is None for p in held)
     equity = f"{curve.iloc[-1]:,.2f}" if len(curve) else "—"
     tick = health["last_tick"]
     cards = [
         ("champion", f"v{health['model_version']}" if health["model_version"] else "none"),
         ("risk mode", health["risk_mode"] or "—"),
+        ("supervisor", verdict["mode"] if verdict else "—"),
         ("equity", equity),
         ("open positions", str(len(held))),
         ("unprotected", str(naked)),
@@ -160,6 +177,7 @@ def render(service: Service) -> str:
         f"<h2>Equity</h2>{chart}<h2>Open positions</h2>{positions}"
         f"<h2>Recent trades</h2>{trade_table}"
         f"<h2>Live calibration (the traded model's signals)</h2>{calibration}"
+        f"<h2>Model supervisor</h2>{supervision}<h2>Symbols</h2>{symbol_table}"
         f'<p class="empty">refreshes every {REFRESH_SECONDS} s · JSON under /api · docs at /docs</p>'
         "</body></html>"
     )

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from core.errors import QTError
 from core.settings import Settings
-from serving import live
+from serving import live, supervisor
 from serving.brokers.base import Broker
 from serving.journal import Journal
 from serving.journal import models as db
@@ -177,6 +177,7 @@ class LiveLoop:
         config = self.config
         cash = float(self.broker.balance().get(self.settings.quote_asset, Decimal(0)))
         book = live.book_of(self.journal, config, candles, cash, self.start_equity, newest)
+        book.floor_mode = supervisor.floor_mode(self.journal, version)  # DEFENSIVE while the model drifts
         live.snapshot_equity(self.journal, newest, book.equity, cash)
         report.mode = str(config.strategy.risk.mode(book))
         decisions, signal_ids = Decisions(), {}

@@ -21,7 +21,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def reliability_diagram(curves: Mapping[str, pd.DataFrame], path: Path) -> Path:
+def reliability_diagram(
+    curves: Mapping[str, pd.DataFrame], path: Path, title: str = "Reliability (out of fold)"
+) -> Path:
     """Observed up rate against mean predicted P(up) per bin, one line per model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -36,7 +38,7 @@ def reliability_diagram(curves: Mapping[str, pd.DataFrame], path: Path) -> Path:
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("mean predicted P(up)")
     ax.set_ylabel("observed share of up bars")
-    ax.set_title("Reliability (out of fold)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

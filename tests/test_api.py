@@ -148,9 +148,28 @@ def test_health_and_the_journal_views_show_the_replay(client: TestClient) -> Non
     assert risk["open_positions"] == len(positions)
     symbols = client.get("/api/analytics/symbols").json()
     assert sum(s["trades"] for s in symbols) == len(trades)
+    for row in symbols:  # the symbol manager's state as of the newest decided bar
+        assert row["state"] in {"enabled", "reduced", "disabled"} and row["risk_scale"] in {0.5, 1.0}
+        assert (row["disabled_until"] is not None) == (row["state"] == "disabled")
+    assert health["supervisor"] is None and client.get("/api/analytics/supervisor").json() is None
     models = {m["model"]: m for m in client.get("/api/analytics/models").json()}
     assert set(models) == {"xgb", "lgbm", "ensemble"}
     assert all(m["rows"] > 0 and 0 <= m["accuracy"] <= 1 for m in models.values())
+
+
+def test_the_supervisors_verdict_is_in_health_and_its_own_view(
+    replayed: Settings, client: TestClient
+) -> None:
+    from serving import supervisor
+    from serving.journal import Journal
+
+    verdict = supervisor.Verdict("2025-05-15T12:05:00+00:00", "1", "1h", "spot", rows=400, mode="DEFENSIVE",
+                                 reasons=["live ECE 0.120 above 0.08"])  # fmt: skip
+    with Journal.open(replayed) as journal:
+        supervisor.journal_verdict(journal, verdict)
+    seen = client.get("/health").json()["supervisor"]
+    assert (seen["mode"], seen["model_version"], seen["reasons"]) == ("DEFENSIVE", "1", verdict.reasons)
+    assert client.get("/api/analytics/supervisor").json()["rows"] == 400
 
 
 def test_metrics_are_prometheus_text_of_the_journal(client: TestClient) -> None:

@@ -37,6 +37,9 @@ def test_deployments_daily_and_triggered_are_in_the_prefect_api(
     live = found["live/every-minute"]
     assert [(s["cron"], s["timezone"]) for s in live["schedules"]] == [("* * * * *", "UTC")]
     assert live["concurrency_limit"] == 1 and live["parameters"]["broker"] == "paper"
+    supervisor = found["supervisor/hourly"]
+    assert [(s["cron"], s["timezone"]) for s in supervisor["schedules"]] == [("5 * * * *", "UTC")]
+    assert supervisor["concurrency_limit"] == 1 and supervisor["parameters"]["home"] == str(settings.home)
 
     run_id = request_retrain("live win rate below 45 %", {"models": ["xgb"]})
 
@@ -84,7 +87,8 @@ def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> 
         )  # fmt: skip
         assert deploy.returncode == 0, deploy.stderr[-3000:]
         names = {d["name"] for d in json.loads(deploy.stdout)["deployments"]}
-        assert names == {"training/daily-retrain", "training/triggered-retrain", "live/every-minute"}
+        assert names == {"training/daily-retrain", "training/triggered-retrain", "live/every-minute",
+                         "supervisor/hourly"}  # fmt: skip
         request = urllib.request.Request(
             f"{urls['prefect_api']}/deployments/filter",
             data=b"{}",
@@ -93,7 +97,8 @@ def test_qt_ui_serves_both_uis_and_qt_deploy_registers_on_it(tmp_path: Path) -> 
         with urllib.request.urlopen(request, timeout=10) as reply:
             listed = json.loads(reply.read())
         crons = {d["name"]: [s["schedule"].get("cron") for s in d["schedules"]] for d in listed}
-        expected = {"daily-retrain": ["0 0 * * *"], "triggered-retrain": [], "every-minute": ["* * * * *"]}
+        expected = {"daily-retrain": ["0 0 * * *"], "triggered-retrain": [], "every-minute": ["* * * * *"],
+                    "hourly": ["5 * * * *"]}  # fmt: skip
         assert crons == expected
     finally:
         ui.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ learned); a signal whose next bar is not stored yet has no outcome and is not co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,11 @@ from serving.journal import models as db
 from serving.journal import report
 from serving.journal.journal import Journal
 from tasks import metrics
+
+if TYPE_CHECKING:
+    from tasks.strategy.engine import Strategy
+
+HOUR = pd.Timedelta(hours=1)
 
 
 def equity_curve(journal: Journal) -> pd.Series:
@@ -62,19 +67,45 @@ def daily(journal: Journal) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def symbols(journal: Journal) -> list[dict[str, Any]]:
-    """Per symbol: closed trades, win rate, mean R multiple, net P&L."""
+def symbols(
+    journal: Journal, strategy: Strategy | None = None, now: pd.Timestamp | None = None,
+    step: pd.Timedelta = HOUR,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Per symbol: closed trades, win rate, mean R, net P&L, and the symbol manager's state at ``now``.
+
+    The state is the strategy's own rule (:func:`tasks.strategy.kernel.symbol_disabled` and
+    :func:`~tasks.strategy.kernel.symbol_scale`): ``disabled`` (in its cool-off after a
+    losing streak, with ``disabled_until``), ``reduced`` (a negative track record: risk ×
+    ``risk_scale``) or ``enabled``. ``now``: the newest decided bar (default: the clock).
+    """
+    from tasks.strategy import kernel as k
+    from tasks.strategy.engine import Strategy
+    from tasks.strategy.market import track_update
+
     frame = pd.DataFrame(report.trades(journal))
     if frame.empty:
         return []
+    strategy = strategy or Strategy()
+    params = strategy.parameters[0]
+    at = (now or pd.Timestamp.now(tz="UTC")).value
     frame["net"] = frame["net_pnl"].astype(float)
     frame["r"] = frame["r_multiple"].astype(float)
     out = []
-    for symbol, rows in frame.groupby("symbol"):
+    for symbol, rows in frame.sort_values("closed_at", kind="stable").groupby("symbol"):
+        track, streak = 0.0, 0
+        for count, r in enumerate(rows["r"].fillna(0.0)):
+            track = track_update(track, count, float(r), strategy.track_alpha)
+            streak = streak + 1 if r < 0 else 0
+        last_exit = pd.Timestamp(rows["closed_at"].iloc[-1]).value
+        disabled = bool(k.symbol_disabled(params, streak, last_exit, at, step.value))
+        scale = float(k.symbol_scale(params, track, len(rows)))
+        until = pd.Timestamp(last_exit + strategy.risk.symbol_cooloff_bars * step.value, tz="UTC")
         out.append(
             {"symbol": str(symbol), "trades": len(rows), "win_rate": float((rows["net"] > 0).mean()),
              "mean_r": float(rows["r"].mean()) if rows["r"].notna().any() else None,
-             "net_pnl": float(rows["net"].sum())}
+             "net_pnl": float(rows["net"].sum()), "track_r": float(track), "losing_streak": streak,
+             "state": "disabled" if disabled else "reduced" if scale < 1 else "enabled", "risk_scale": scale,
+             "disabled_until": until.isoformat() if disabled else None}
         )  # fmt: skip
     return out
 
