@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 
@@ -186,3 +186,64 @@ def _document(
         "tick_p50_s": seconds[len(seconds) // 2] if seconds else None,
         "tick_max_s": seconds[-1] if seconds else None,
     }
+
+
+@app.command()
+def supervise(
+    market: MarketOpt = "spot",
+    interval: IntervalOpt = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain/--no-retrain", help="Start triggered-retrain when a check fails.")
+    ] = True,
+    replay: Annotated[
+        str | None, typer.Option("--replay", help="Supervise a replay's journal: its folder, or 'latest'.")
+    ] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the live model now (what supervisor/hourly runs): calibration, bias, feature drift.
+
+    Joins the journal's signals of the traded model with the outcomes in the store (the
+    newest 168 bars): log loss against climatology, accuracy, ECE, calibration slope, the
+    BUY share against the up share, and each feature's PSI against the training window.
+    A failed check moves the risk engine to DEFENSIVE and starts the triggered-retrain
+    deployment (once per 24 h; --no-retrain only journals). Logged to MLflow's monitoring
+    experiment (a run per day, with plots).
+    """
+
+    def command(settings: Settings) -> tuple[dict[str, Any], Any]:
+        from core.errors import BadConfigError
+        from flows.supervisor import supervisor_flow
+
+        if market not in ("spot", "futures"):
+            raise BadConfigError(f"--market {market!r}: use spot or futures")
+        chosen = cast(Literal["spot", "futures"], market)
+        verdict = supervisor_flow(str(settings.home), chosen, interval, retrain, replay)
+        return verdict, _verdict_table(verdict)
+
+    run(home, as_json, command)
+
+
+def _verdict_table(verdict: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    from cli.app import fmt
+    from cli.output import table
+
+    checks = table(
+        "checks (the ensemble)", ["check", "value", "bound", "passed"],
+        [[c["check"], fmt(c["value"]), f"{c['sense']} {fmt(c['bound'])}", "yes" if c["passed"] else "NO"]
+         for c in verdict["checks"]],
+    )  # fmt: skip
+    models = table(
+        "live record per model", ["model", "rows", "log loss", "clim.", "accuracy", "ECE", "slope", "bias"],
+        [[m["model"], m["rows"], fmt(m["log_loss"]), fmt(m["log_loss_climatology"]), fmt(m["accuracy"], 3),
+          fmt(m["ece"]), fmt(m["calibration_slope"], 2), fmt(m["bias"], 3)] for m in verdict["models"]],
+    )  # fmt: skip
+    why = "; ".join(verdict["reasons"]) or verdict["note"] or "every check passed"
+    head = Text(f"v{verdict['model_version']}: {verdict['mode']} ({verdict['rows']} signals) — {why}")
+    parts: list[Any] = [head, checks, models]
+    if verdict["retrain_run_id"]:
+        parts.append(Text(f"triggered retrain: flow run {verdict['retrain_run_id']}"))
+    return Group(*parts)

@@ -155,8 +155,9 @@ def serve(
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         from serving.api import create_app
+        from serving.replay import find_replay
 
-        target = _replay_settings(settings, replay) if replay else settings
+        target = find_replay(settings, replay) if replay else settings
         app_ = create_app(target, interval, market)
         served.append(app_)
         url = f"http://{host}:{port}"
@@ -171,25 +172,3 @@ def serve(
     import uvicorn
 
     uvicorn.run(served[0], host=host, port=port, log_level="warning")
-
-
-def _replay_settings(settings: Settings, replay: str) -> Settings:
-    """The settings of a replay's home (its store and journal, the home's registry)."""
-    from pathlib import Path
-
-    from core.errors import BadConfigError
-    from serving.replay import replay_settings
-
-    folder = settings.home / "replays"
-    if replay == "latest":
-        found = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.exists() else []
-        if not found:
-            raise BadConfigError(
-                f"--replay latest: no replay under {folder} (run qt demo or qt live --replay-from)"
-            )
-        path = found[-1]
-    else:
-        path = Path(replay).expanduser()
-        if not (path / "journal" / "journal.db").exists():
-            raise BadConfigError(f"--replay {replay}: no journal at {path / 'journal' / 'journal.db'}")
-    return replay_settings(settings, path)

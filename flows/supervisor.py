@@ -24,6 +24,7 @@ def supervisor_flow(
     market: Literal["spot", "futures"] = "spot",
     interval: str | None = None,
     retrain: bool = True,
+    replay: str | None = None,
 ) -> dict[str, Any]:
     """Check the live model: log loss, accuracy, calibration, bias, feature drift.
 
@@ -32,6 +33,7 @@ def supervisor_flow(
         market: spot or futures.
         interval: candle interval (default: the settings').
         retrain: start the triggered-retrain deployment when a check fails.
+        replay: supervise a replay's journal instead (its folder, or ``latest``).
 
     Returns:
         The verdict: mode (NORMAL or DEFENSIVE), reasons, checks, per-model figures, drift,
@@ -43,9 +45,11 @@ def supervisor_flow(
     from core.settings import configure_environment, load_settings
     from serving import supervisor
     from serving.journal import Journal
+    from serving.replay import find_replay
 
     settings = load_settings(Path(home))
     configure_environment(settings)
+    settings = find_replay(settings, replay) if replay else settings
     journal = Journal.if_exists(settings)
     ival = interval or settings.default_interval
     if journal is None:
@@ -61,7 +65,9 @@ def supervisor_flow(
             try:
                 verdict.retrain_run_id = request_retrain(reason)
             except Exception as err:  # named in the verdict, then the run fails
-                verdict.retrain_error = f"{type(err).__name__}: {err}"
+                verdict.retrain_error = (
+                    f"{type(err).__name__}: {err} (register it with qt deploy, or run with retrain off)"
+                )
         supervisor.journal_verdict(journal, verdict)
     run_id = supervisor.log_monitoring(settings, verdict, outcomes)
     log.info("supervisor: %s v%s, %d rows: %s", verdict.mode, verdict.model_version, verdict.rows,

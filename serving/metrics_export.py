@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from serving import supervisor
 from serving.journal import analytics
 from tasks.strategy.risk import Mode
 
@@ -71,6 +72,17 @@ class _Journal(Collector):
         for m in Mode:
             mode.add_metric([m.value], 1.0 if tick and tick.get("mode") == m.value else 0.0)
         yield mode
+        verdict = supervisor.latest(journal)
+        defensive = GaugeMetricFamily(
+            "qt_supervisor_defensive",
+            "1 while the model supervisor's newest verdict is DEFENSIVE",
+            labels=["version"],
+        )
+        if verdict is not None:
+            defensive.add_metric(
+                [str(verdict.get("model_version"))], float(verdict.get("mode") != Mode.NORMAL.value)
+            )
+        yield defensive
 
 
 class Exporter:

@@ -47,6 +47,27 @@ def replay_settings(settings: Settings, home: Path) -> Settings:
     )
 
 
+def find_replay(settings: Settings, replay: str) -> Settings:
+    """The settings of a replay's home: its folder, or ``latest`` (the newest under ``<home>/replays``).
+
+    Raises:
+        BadConfigError: no replay there (naming where it looked).
+    """
+    folder = settings.home / "replays"
+    if replay == "latest":
+        found = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.exists() else []
+        if not found:
+            raise BadConfigError(
+                f"--replay latest: no replay under {folder} (run qt demo or qt live --replay-from)"
+            )
+        path = found[-1]
+    else:
+        path = Path(replay).expanduser()
+        if not (path / "journal" / "journal.db").exists():
+            raise BadConfigError(f"--replay {replay}: no journal at {path / 'journal' / 'journal.db'}")
+    return replay_settings(settings, path)
+
+
 def replay(
     settings: Settings,
     config: LiveConfig,

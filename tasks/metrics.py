@@ -79,7 +79,8 @@ def calibration_line(y: np.ndarray, p: np.ndarray, clusters: np.ndarray | None =
     logits three times too large), ``b < 0`` inverted ranking. Unlike ECE, the slope does
     not shrink with the spread of the predictions. Standard errors are cluster-robust
     (sandwich) when ``clusters`` is given — the rows of one bar share its market move —
-    else the model-based ones. ``slope``/``slope_se`` are NaN when ``p`` is constant.
+    else the model-based ones. ``slope``/``slope_se`` are NaN when ``p`` is constant, and
+    all four when the fit has no solution (a handful of rows the logit separates).
     """
     y = np.asarray(y, dtype=np.float64)
     q = clip_proba(np.asarray(p, dtype=np.float64))
@@ -92,6 +93,14 @@ def calibration_line(y: np.ndarray, p: np.ndarray, clusters: np.ndarray | None =
     }
     if len(y) < 3 or np.std(x) < 1e-9 or len(np.unique(y)) < 2:
         return nan
+    try:
+        return _calibration_fit(y, x, clusters)
+    except np.linalg.LinAlgError:
+        return nan
+
+
+def _calibration_fit(y: np.ndarray, x: np.ndarray, clusters: np.ndarray | None) -> dict[str, float]:
+    """Newton–Raphson logistic fit of ``y`` on ``[1, x]``, with (clustered) standard errors."""
     design = np.column_stack([np.ones_like(x), x])
     beta = np.zeros(2)
     for _ in range(50):  # Newton–Raphson on the log-likelihood; converges in a handful of steps

@@ -170,6 +170,7 @@ def test_the_supervisors_verdict_is_in_health_and_its_own_view(
     seen = client.get("/health").json()["supervisor"]
     assert (seen["mode"], seen["model_version"], seen["reasons"]) == ("DEFENSIVE", "1", verdict.reasons)
     assert client.get("/api/analytics/supervisor").json()["rows"] == 400
+    assert 'qt_supervisor_defensive{version="1"} 1.0' in client.get("/metrics").text
 
 
 def test_metrics_are_prometheus_text_of_the_journal(client: TestClient) -> None:

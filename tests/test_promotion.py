@@ -159,6 +159,9 @@ def test_the_calibration_line_reads_slope_and_intercept() -> None:
     over = metrics.calibration_line(y, 1 / (1 + np.exp(-3 * logit)), clusters=np.arange(20_000) // 5)
     assert over["slope"] == pytest.approx(1 / 3, abs=3 * over["slope_se"])
     assert np.isnan(metrics.calibration_line(y, np.full(20_000, 0.5))["slope"])
+    # a handful of rows the logit separates has no fit: NaN, not an exception
+    separated = metrics.calibration_line(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.4, 0.45, 0.55, 0.6]))
+    assert all(np.isnan(v) for v in separated.values())
 
 
 def test_a_significantly_worse_shadow_blocks_promotion(sample_matrix: pd.DataFrame) -> None:

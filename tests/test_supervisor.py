@@ -153,3 +153,36 @@ def test_the_supervisor_flow_starts_a_retrain_and_logs_a_monitoring_run(
     assert {"live_reliability.png", "feature_drift.png", "checks"} <= files
     with Journal.open(bad) as journal:
         assert supervisor.floor_mode(journal, "1").value == "DEFENSIVE"
+
+
+def test_qt_supervise_prints_the_checks_of_a_replay_without_a_retrain(
+    trained: tuple[Settings, Ensemble],
+) -> None:
+    """A short replay has too few signals with an outcome: NORMAL, and the command says why."""
+    import json
+    import os
+    import subprocess
+
+    from serving.live import LiveConfig
+    from serving.replay import replay
+    from tests.test_cli import QT, ROOT
+    from tests.test_live import EAGER
+
+    settings, _ = trained
+    config = LiveConfig(SYMBOLS, "1h", "spot", EAGER, model_policy=False)
+    _, home = replay(settings, config, "paper", UNTIL, UNTIL + 5 * HOUR)
+    env = {**os.environ, "QT_HOME": str(settings.home)}
+    done = subprocess.run([*QT, "supervise", "--replay", str(home.home), "--no-retrain", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict = json.loads(done.stdout)
+    assert verdict["mode"] == "NORMAL" and verdict["model_version"] == "1"
+    assert (
+        verdict["rows"] == 5 * len(SYMBOLS) and "fewer than 300" in verdict["note"]
+    )  # 6 bars, 5 with an outcome
+    assert {c["check"] for c in verdict["checks"]} >= {"log_loss", "ece", "drifted_share"}
+    plain = subprocess.run([*QT, "supervise", "--replay", str(home.home), "--no-retrain"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert (
+        plain.returncode == 0 and "live record per model" in plain.stdout and "fewer than 300" in plain.stdout
+    )
