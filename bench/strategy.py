@@ -96,6 +96,16 @@ def load(settings: Any) -> dict[str, pd.DataFrame]:
     return {s: store.read(s, "1h", "spot") for s in store.symbols("1h", "spot")}
 
 
+def _code_digest() -> str:
+    """A digest of the code that makes an OOF table: tasks/models, tasks/features, the walk-forward."""
+    root = Path(__file__).resolve().parents[1] / "tasks"
+    files = sorted([*root.glob("models/*.py"), *root.glob("features/*.py"), root / "walkforward.py"])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def oof_table(settings: Any, args: argparse.Namespace, horizon: int, names: list[str]) -> pd.DataFrame:
     """The walk-forward OOF table of one horizon (cached in the home by its set-up's hash)."""
     from tasks.features.dataset import features_from_store
@@ -104,6 +114,7 @@ def oof_table(settings: Any, args: argparse.Namespace, horizon: int, names: list
     from tasks.walkforward import WalkForward, walk_forward
 
     setup = {k: getattr(args, k) for k in ("folds", "test_days", "until", "profile", "seed")}
+    setup["code"] = _code_digest()  # a change to the models, the stacker or the features recomputes
     key = hashlib.sha256(json.dumps({**setup, "h": horizon, "models": names}).encode()).hexdigest()[:10]
     path = settings.home / "strategy" / f"oof-h{horizon}-{key}.parquet"
     if path.exists() and not args.refit:

@@ -234,3 +234,16 @@ def test_with_no_gain_from_combining_the_stacker_is_the_best_single_model() -> N
     anchor = min(("p_best", "p_copy"), key=lambda c: binary_log_loss(y_tr, train[c].to_numpy()))
     # chosen on valid, with λ = ∞ (the train-best model) among the options: never worse there
     assert free.report["valid_log_loss"] <= binary_log_loss(y_va, valid[anchor].to_numpy()) + 1e-9
+
+
+def test_the_stacker_takes_its_level_from_the_models_and_weights_only_their_spread() -> None:
+    """Scaled-up weights do not multiply the models' base-rate offset (the h1 failure without it)."""
+    from tasks.models.stacker import combine
+
+    agree = np.log(np.full((4, 3), 0.55) / 0.45)  # three models, all at P(up) = 0.55
+    for weights in (np.array([3.0, 0.5, 0.0]), np.array([0.0, 0.0, 1.0])):
+        np.testing.assert_allclose(combine(agree, weights, 0.0), np.log(0.55 / 0.45))
+    apart = np.log(np.array([[0.52, 0.56, 0.54]]) / np.array([[0.48, 0.44, 0.46]]))
+    assert combine(apart, np.array([0.0, 1.0, 0.0]), 0.0)[0] == pytest.approx(
+        apart[0, 1]
+    )  # e_best: that model
