@@ -45,6 +45,7 @@ def supervisor_flow(
     from core.settings import configure_environment, load_settings
     from serving import supervisor
     from serving.journal import Journal
+    from serving.monitoring import log_monitoring
     from serving.replay import find_replay
 
     settings = load_settings(Path(home))
@@ -69,7 +70,7 @@ def supervisor_flow(
                     f"{type(err).__name__}: {err} (register it with qt deploy, or run with retrain off)"
                 )
         supervisor.journal_verdict(journal, verdict)
-    run_id = supervisor.log_monitoring(settings, verdict, outcomes)
+    run_id = log_monitoring(settings, verdict, outcomes)
     log.info("supervisor: %s v%s, %d rows: %s", verdict.mode, verdict.model_version, verdict.rows,
              "; ".join(verdict.reasons) or verdict.note or "every check passed")  # fmt: skip
     if verdict.retrain_error:

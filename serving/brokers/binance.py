@@ -54,7 +54,7 @@ from tasks.fills import ExitLeg, closing_side, validate_exits
 
 
 class BinanceBroker(VenueJournal):
-    """USD-M futures on Binance (testnet by default) or any venue speaking its API.
+    """USD-M futures on Binance (its testnet with QT_BINANCE_TESTNET=true) or any venue speaking its API.
 
     Args:
         client: a python-binance ``Client`` (see :meth:`from_settings`).

@@ -40,7 +40,7 @@ from serving.journal import queries as q
 
 
 class BinanceSpotBroker(BinanceBroker):
-    """Binance spot (testnet by default) through python-binance; the journal's book of positions.
+    """Binance spot (its testnet with QT_BINANCE_TESTNET=true) through python-binance; the journal's book.
 
     Args:
         client: a python-binance ``Client``.
