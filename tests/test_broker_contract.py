@@ -271,7 +271,7 @@ FAULTS: list[dict[str, Any]] = []
 def _record(
     fault: str, exchange: FakeExchange, broker: BinanceBroker, journal: Journal, survived: bool
 ) -> None:
-    """One row of the README's fault table, measured on the venue and in the journal."""
+    """One row of the fault table in docs/live.md, measured on the venue and in the journal."""
     market = broker.market
     venue_ids = [o.client_id for o in exchange.orders(market)]
     journal_ids = set(journal.read(lambda s: [o.client_order_id for o in s.query(db.Order)]))

@@ -107,6 +107,11 @@ def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple
     for name in ("buy_and_hold", "momentum_fallback"):
         assert all(np.isfinite(doc["baselines"][name][k]) for k in ("sharpe", "total_return", "turnover"))
     assert np.isfinite(doc["baselines"]["climatology"]["log_loss"])
+    # the market's costs and the policy it traded are in the document, and its trade count
+    # is what its positions did: trades exactly when it held something
+    assert doc["market"] == "spot" and doc["costs"]["fee_bps"] == 10.0 and doc["costs"]["long_only"] is True
+    assert doc["policy"]["allow_short"] is False and {"enter", "exit"} <= set(doc["policy"])
+    assert (doc["backtest"]["trades"] > 0) == (doc["backtest"]["turnover"] > 0)
 
     missing = qt("evaluate", "--model", "challenger", "--json", home=settings.home)
     assert missing.returncode == 2 and "run qt retrain" in missing.stdout
@@ -119,6 +124,24 @@ def test_qt_evaluate_reports_every_interface_key_out_of_sample(registered: tuple
     after = json.loads(qt("evaluate", "--model", "champion", "--json", home=settings.home).stdout)
     assert pd.Timestamp(after["start"]) == gated + pd.Timedelta(hours=1) and after["gate_rows"] is False
     assert after["rows"] < doc["rows"] and after["gated_until"] == str(gated)
+
+
+def test_evaluate_counts_the_trades_of_a_model_that_trades(registered: tuple[Settings, Ensemble]) -> None:
+    """The same registered model with a policy that enters on any edge: its evaluation shows its trades."""
+    from dataclasses import replace
+
+    from model_registry.evaluate import evaluate_ensemble
+    from tasks.backtest import Costs
+    from tasks.strategy.policy import Policy
+
+    settings, ensemble = registered
+    matrix = features_from_store(CandleStore(settings.store_dir), None, "1h")
+    eager = replace(ensemble, policy=Policy(enter=0.0, exit=0.0))
+    doc = evaluate_ensemble(eager, matrix, pd.Timedelta(hours=1), Costs.from_settings(settings, "spot"))
+    assert (
+        doc["backtest"]["trades"] > 0 and doc["backtest"]["turnover"] > 0 and doc["backtest"]["fees_paid"] > 0
+    )
+    assert doc["policy"]["enter"] == 0.0 and doc["costs"]["fee_bps"] == 10.0
 
 
 def test_a_version_is_fetched_once_into_the_homes_model_copy_and_loaded_from_there(

@@ -13,7 +13,7 @@ of a small home (BTC and ETH 1h from the bundled sample, a registered model) and
 Flow commands report to one Prefect server started for the module (an ephemeral server per
 command would cost ~15 s each); the Ctrl-C cases use the ephemeral server on purpose, since
 that is the one the signal used to kill under the flow. With ``QT_ROBUSTNESS_TABLE=FILE``
-the suite writes the README's reliability table there.
+the suite writes the reliability table of docs/reliability.md there.
 """
 
 from __future__ import annotations
@@ -551,7 +551,7 @@ def test_ctrl_c_during_walkforward(base_home: Path, tmp_path: Path) -> None:
     _record_interrupt("ctrl-c-walkforward", "qt walkforward", code, took, out, left)
 
 
-# -- the README's table --------------------------------------------------------------------
+# -- docs/reliability.md's table -----------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
 def _write_table() -> Iterator[None]:
     yield
