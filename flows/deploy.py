@@ -8,7 +8,9 @@ overrides. ``live/every-minute`` runs one live tick a minute (paper broker by de
 (:mod:`flows.supervisor`).
 Each runs one at a time (concurrency limit 1) and points at the same home; the live tick
 takes the home's global concurrency limit (:data:`flows.live.HOME_LIMIT`, 1 slot), which
-:func:`apply_deployments` creates, so it never runs beside a retrain's registry writes.
+:func:`apply_deployments` creates, so it never runs beside a retrain's registry writes, and
+a training flow holds :data:`flows.live.RETRAIN_LIMIT` (1 slot, created there too) for its
+whole run, so the daily and a triggered retrain queue instead of overlapping.
 """
 
 from __future__ import annotations
@@ -117,13 +119,14 @@ def apply_deployments(settings: Settings, source: str = "store") -> list[dict[st
     async def read() -> list[dict[str, Any]]:
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-        from flows.live import HOME_LIMIT
+        from flows.live import HOME_LIMIT, RETRAIN_LIMIT
 
         async with get_client() as client:
             names = [name.name for name in await client.read_global_concurrency_limits()]
-            if HOME_LIMIT not in names:
-                limit = GlobalConcurrencyLimitCreate(name=HOME_LIMIT, limit=1)
-                await client.create_global_concurrency_limit(limit)
+            for wanted in (HOME_LIMIT, RETRAIN_LIMIT):
+                if wanted not in names:
+                    limit = GlobalConcurrencyLimitCreate(name=wanted, limit=1)
+                    await client.create_global_concurrency_limit(limit)
             out = []
             named = ((FLOW_NAME, DAILY), (FLOW_NAME, TRIGGERED), ("live", LIVE), ("supervisor", SUPERVISOR))
             for flow_name, name in named:

@@ -16,6 +16,8 @@ from prefect import flow
 
 #: The global concurrency limit both the training and the live flow take for one home.
 HOME_LIMIT = "quantum-trader-home"
+#: The global concurrency limit a training flow holds from its first read to its decision.
+RETRAIN_LIMIT = "quantum-trader-retrain"
 
 
 @flow(name="live", validate_parameters=True, log_prints=False)

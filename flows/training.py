@@ -155,6 +155,20 @@ def evaluate_task(oof: pd.DataFrame, matrix: pd.DataFrame, step: pd.Timedelta, c
     return evaluate(oof, matrix, step, costs)
 
 
+def retrain_slot() -> Any:
+    """The retrain slot (:data:`flows.live.RETRAIN_LIMIT`, 1): held for the whole training flow.
+
+    ``qt deploy`` creates the limit, so the daily and the triggered retrain of a served home
+    queue instead of overlapping; without the limit on the server (ephemeral runs) it is a
+    no-op, as :func:`home_lock` is.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    from flows.live import RETRAIN_LIMIT
+
+    return concurrency(RETRAIN_LIMIT, occupy=1, strict=False)
+
+
 def home_lock() -> Any:
     """The home's global concurrency slot (shared with the live tick; a no-op without a server limit)."""
     from prefect.concurrency.sync import concurrency
@@ -438,121 +452,126 @@ def training_flow(
     names = parse_models(",".join(models) if models else None)
     if folds < 2:
         raise BadConfigError("--folds must be at least 2: the stacker learns from earlier folds' OOF rows")
-    store = CandleStore(settings.store_dir)
-    chosen = source if source != "auto" else ("store" if store.symbols(interval, market) else "sample")
-    if chosen != "store":
-        ingest_flow(source=chosen, symbols=symbols, interval=interval, market=market, home=str(settings.home))
-    validate_task(settings, symbols, interval, market)
-    matrix = features_task(settings, symbols, interval, market)
-    if cut is not None:  # candles from `until` on do not exist for this run, nor labels needing them
-        matrix = matrix[matrix["open_time"] < cut].copy()
-        matrix.loc[matrix["open_time"] >= cut - step, TARGETS] = np.nan
-    labelled = matrix[matrix[TARGET].notna()]
-    if labelled.empty:
-        raise BadConfigError(f"no labelled {interval} {market} rows" + (f" before {until}" if until else ""))
+    with retrain_slot():  # one retrain at a time: the daily and a triggered one never overlap
+        store = CandleStore(settings.store_dir)
+        chosen = source if source != "auto" else ("store" if store.symbols(interval, market) else "sample")
+        if chosen != "store":
+            ingest_flow(
+                source=chosen, symbols=symbols, interval=interval, market=market, home=str(settings.home)
+            )
+        validate_task(settings, symbols, interval, market)
+        matrix = features_task(settings, symbols, interval, market)
+        if cut is not None:  # candles from `until` on do not exist for this run, nor labels needing them
+            matrix = matrix[matrix["open_time"] < cut].copy()
+            matrix.loc[matrix["open_time"] >= cut - step, TARGETS] = np.nan
+        labelled = matrix[matrix[TARGET].notna()]
+        if labelled.empty:
+            raise BadConfigError(
+                f"no labelled {interval} {market} rows" + (f" before {until}" if until else "")
+            )
 
-    universe = sorted(str(s) for s in matrix["symbol"].unique())
-    run_tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
-    experiment = experiment_name(interval, market, universe)
-    with open_flow_run(settings, experiment, f"retrain {flow_run.name}", started_ms, run_tags) as run_id:
-        end = labelled["open_time"].max() + step
-        shadow_start = (end - pd.Timedelta(hours=shadow_hours)).ceil(step)
-        plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
-        config = ModelConfig(
-            profile=profile,
-            seed=seed,
-            device=device,
-            trials=trials,
-            study_dir=settings.home / "optuna",
-            n_jobs=_threads_per_fit(),
-            progress=False,
-            params=model_params or {},
-        )
-        fit_matrix = with_label_noise(labelled, label_noise, seed) if label_noise else labelled
+        universe = sorted(str(s) for s in matrix["symbol"].unique())
+        run_tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+        experiment = experiment_name(interval, market, universe)
+        with open_flow_run(settings, experiment, f"retrain {flow_run.name}", started_ms, run_tags) as run_id:
+            end = labelled["open_time"].max() + step
+            shadow_start = (end - pd.Timedelta(hours=shadow_hours)).ceil(step)
+            plan = WalkForward.before(shadow_start, test_days, folds, step, valid_days, embargo)
+            config = ModelConfig(
+                profile=profile,
+                seed=seed,
+                device=device,
+                trials=trials,
+                study_dir=settings.home / "optuna",
+                n_jobs=_threads_per_fit(),
+                progress=False,
+                params=model_params or {},
+            )
+            fit_matrix = with_label_noise(labelled, label_noise, seed) if label_noise else labelled
 
-        # train: every (family, fold) a concurrent task; the last fold's test is the shadow window
-        wf_folds = plan.splits()
-        final = plan.fold(len(wf_folds), shadow_start, end)
-        tests, futures = [], []
-        final_train, final_valid, _ = plan.split(fit_matrix, final)
-        with _workers_report_here():
-            for fold in wf_folds:
-                train, valid, test = plan.split(fit_matrix, fold)
-                tests.append(oof_keys(fold, train, test))
-                context = fold_context(fit_matrix, fold)
-                futures += [fit_task.submit(n, config, fold, train, valid, test, context) for n in names]
-            final_futures = [fit_task.submit(n, config, final, final_train, final_valid) for n in names]
-            total = len(futures) + len(final_futures)
-            for done, _ in enumerate(as_completed([*futures, *final_futures]), start=1):
-                progress.report("train", done, total)
-        fits = [f.result() for f in futures]
-        final_fits = [f.result() for f in final_futures]
-        final_models = {fit.name: fit.model for fit in final_fits}
-        spans = {n: FitSpan.of([f.report for f in [*fits, *final_fits] if f.name == n]) for n in names}
+            # train: every (family, fold) a concurrent task; the last fold's test is the shadow window
+            wf_folds = plan.splits()
+            final = plan.fold(len(wf_folds), shadow_start, end)
+            tests, futures = [], []
+            final_train, final_valid, _ = plan.split(fit_matrix, final)
+            with _workers_report_here():
+                for fold in wf_folds:
+                    train, valid, test = plan.split(fit_matrix, fold)
+                    tests.append(oof_keys(fold, train, test))
+                    context = fold_context(fit_matrix, fold)
+                    futures += [fit_task.submit(n, config, fold, train, valid, test, context) for n in names]
+                final_futures = [fit_task.submit(n, config, final, final_train, final_valid) for n in names]
+                total = len(futures) + len(final_futures)
+                for done, _ in enumerate(as_completed([*futures, *final_futures]), start=1):
+                    progress.report("train", done, total)
+            fits = [f.result() for f in futures]
+            final_fits = [f.result() for f in final_futures]
+            final_models = {fit.name: fit.model for fit in final_fits}
+            spans = {n: FitSpan.of([f.report for f in [*fits, *final_fits] if f.name == n]) for n in names}
 
-        # stack → evaluate (true labels, even in the label-noise drill)
-        began, began_ms = time.perf_counter(), int(time.time() * 1000)
-        result = stack_task(wf_folds, tests, fits, names, config, plan)
-        spans["stacker"] = FitSpan.lasting(began_ms, time.perf_counter() - began)
-        if label_noise:
-            result.oof = _true_labels(result.oof, labelled)
-        costs = Costs.from_settings(settings, market)
-        evaluation = evaluate_task(result.oof, matrix, step, costs)
-        metrics = _summary_metrics(evaluation, result)
-        assert result.stacker is not None
-        # the base models saw rows up to their validation window; the stacker, OOF rows up to
-        # the shadow window: the ensemble has seen everything before shadow_start
-        ensemble = assemble_ensemble(
-            final_models,
-            result.stacker,
-            final_train,
-            shadow_start - step,
-            interval,
-            costs,
-            metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
-            market=market,
-        )
+            # stack → evaluate (true labels, even in the label-noise drill)
+            began, began_ms = time.perf_counter(), int(time.time() * 1000)
+            result = stack_task(wf_folds, tests, fits, names, config, plan)
+            spans["stacker"] = FitSpan.lasting(began_ms, time.perf_counter() - began)
+            if label_noise:
+                result.oof = _true_labels(result.oof, labelled)
+            costs = Costs.from_settings(settings, market)
+            evaluation = evaluate_task(result.oof, matrix, step, costs)
+            metrics = _summary_metrics(evaluation, result)
+            assert result.stacker is not None
+            # the base models saw rows up to their validation window; the stacker, OOF rows up to
+            # the shadow window: the ensemble has seen everything before shadow_start
+            ensemble = assemble_ensemble(
+                final_models,
+                result.stacker,
+                final_train,
+                shadow_start - step,
+                interval,
+                costs,
+                metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                market=market,
+            )
 
-        # register challenger → shadow → promote
-        params = {
-            "symbols": universe, "interval": interval, "market": market,
-            "models": names, "profile": profile, "trials": trials, "until": until, "folds": folds,
-            "test_days": test_days, "valid_days": valid_days, "embargo": embargo,
-            "shadow_hours": shadow_hours, "seed": seed, "margin": margin, "max_ece": max_ece,
-            "label_noise": label_noise,
-            "costs": evaluation.report["costs"], "policy": evaluation.report["policy"],
-        }  # fmt: skip
-        first_symbol = str(sorted(matrix["symbol"].astype(str).unique())[0])
-        example = matrix[(matrix["symbol"] == first_symbol) & (matrix["open_time"] < shadow_start)]
-        champion, champion_version, champion_oof = _champion(settings, interval, market)
-        run_id, version = register_task(
-            settings, ensemble, result, evaluation, matrix, params, example.tail(ensemble.history_rows + 1),
-            run_id, spans,
-        )  # fmt: skip
-        gate = GateConfig(margin=margin, max_ece=max_ece)
-        shadow_report, shadow_table = shadow_task(ensemble, champion, matrix, shadow_start, gate)
-        shared = shared_rows(result.oof, champion_oof)
-        decision = promote_task(
-            settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix, step,
-            costs, gate, champion_version, ensemble.policy,
-        )  # fmt: skip
-        return {
-            "run_id": run_id,
-            "challenger_version": version,
-            "promoted": decision["promoted"],
-            "reason": decision["reason"],
-            "metrics": metrics,
-            "gate": decision,
-            "shadow": shadow_report,
-            "champion": version if decision["promoted"] else champion_version,
-            "previous_champion": champion_version,
-            "data": {
-                "symbols": params["symbols"],
-                "start": str(matrix["open_time"].min()),
-                "end": str(labelled["open_time"].max()),
-                "walk_forward": [f.describe() for f in wf_folds],
-                "shadow_start": str(shadow_start),
-                "trained_until": ensemble.trained_until,
-            },
-            "flow_run_id": str(flow_run.id),
-        }
+            # register challenger → shadow → promote
+            params = {
+                "symbols": universe, "interval": interval, "market": market,
+                "models": names, "profile": profile, "trials": trials, "until": until, "folds": folds,
+                "test_days": test_days, "valid_days": valid_days, "embargo": embargo,
+                "shadow_hours": shadow_hours, "seed": seed, "margin": margin, "max_ece": max_ece,
+                "label_noise": label_noise,
+                "costs": evaluation.report["costs"], "policy": evaluation.report["policy"],
+            }  # fmt: skip
+            first_symbol = str(sorted(matrix["symbol"].astype(str).unique())[0])
+            example = matrix[(matrix["symbol"] == first_symbol) & (matrix["open_time"] < shadow_start)]
+            champion, champion_version, champion_oof = _champion(settings, interval, market)
+            run_id, version = register_task(
+                settings, ensemble, result, evaluation, matrix, params,
+                example.tail(ensemble.history_rows + 1), run_id, spans,
+            )  # fmt: skip
+            gate = GateConfig(margin=margin, max_ece=max_ece)
+            shadow_report, shadow_table = shadow_task(ensemble, champion, matrix, shadow_start, gate)
+            shared = shared_rows(result.oof, champion_oof)
+            decision = promote_task(
+                settings, interval, market, version, run_id, shared, shadow_report, shadow_table, matrix,
+                step, costs, gate, champion_version, ensemble.policy,
+            )  # fmt: skip
+            return {
+                "run_id": run_id,
+                "challenger_version": version,
+                "promoted": decision["promoted"],
+                "reason": decision["reason"],
+                "metrics": metrics,
+                "gate": decision,
+                "shadow": shadow_report,
+                "champion": version if decision["promoted"] else champion_version,
+                "previous_champion": champion_version,
+                "data": {
+                    "symbols": params["symbols"],
+                    "start": str(matrix["open_time"].min()),
+                    "end": str(labelled["open_time"].max()),
+                    "walk_forward": [f.describe() for f in wf_folds],
+                    "shadow_start": str(shadow_start),
+                    "trained_until": ensemble.trained_until,
+                },
+                "flow_run_id": str(flow_run.id),
+            }

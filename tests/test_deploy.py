@@ -116,3 +116,39 @@ def test_qt_deploy_without_a_server_is_refused_with_advice(tmp_path: Path) -> No
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "run qt ui --home" in json.loads(done.stdout)["error"]
+
+
+def test_a_retrain_waits_for_the_one_holding_the_retrain_slot(
+    settings: Settings, prefect_harness: None
+) -> None:
+    """With qt deploy's limits in place, a second training flow queues until the first is done."""
+    import threading
+    import time
+
+    from prefect.concurrency.sync import concurrency
+
+    from core.errors import QTError
+    from flows.deploy import apply_deployments
+    from flows.live import RETRAIN_LIMIT
+    from flows.training import training_flow
+
+    apply_deployments(settings)
+    held, hold_s = threading.Event(), 6.0
+
+    def first_retrain() -> None:  # stands for a retrain in progress: it holds the slot for hold_s
+        with concurrency(RETRAIN_LIMIT, occupy=1):
+            held.set()
+            time.sleep(hold_s)
+
+    holder = threading.Thread(target=first_retrain)
+    holder.start()
+    assert held.wait(60)
+    started = time.monotonic()
+    with pytest.raises(QTError) as failed:  # an empty store: the flow fails once it is inside the slot
+        training_flow(home=str(settings.home), source="store")
+    waited = time.monotonic() - started
+    print(failed.value)
+    holder.join()
+    assert waited >= hold_s - 0.5, (
+        f"the second retrain started after {waited:.1f} s, inside the first one's slot"
+    )
