@@ -238,10 +238,10 @@ def checks(
 def _reason(check: dict[str, Any]) -> str:
     words = {
         "log_loss": "live log loss {v:.4f} above climatology + margin {b:.4f}",
-        "accuracy": "live accuracy {v:.3f} below {b}",
-        "ece": "live ECE {v:.3f} above {b}",
-        "calibration_slope_upper": "calibration slope (+2 SE) {v:.2f} below {b}: over-confident or inverted",
-        "bias": "directional bias |BUY share − up share| {v:.2f} above {b}",
+        "accuracy": "live accuracy {v:.3f} below {b:.3f}",
+        "ece": "live ECE {v:.3f} above {b:.3f}",
+        "calibration_slope_upper": "calibration slope +2 SE {v:.2f} below {b:.2f}: over-confident or inverse",
+        "bias": "directional bias |BUY share − up share| {v:.2f} above {b:.2f}",
         "drifted_share": "{v:.0%} of features drifted (PSI above 0.25 and its usual), more than {b:.0%}",
     }
     return words[check["check"]].format(v=check["value"], b=check["bound"])
