@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/candles.py
+	$(BIN)/python bench/drift.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache
