@@ -68,9 +68,10 @@ class GateConfig:
     min_slope: float = 0.5
 
     def ece_bound(self, rows: int, bins: int = 10) -> float:
-        """``max(max_ece, 2 × E[ECE | calibrated, rows])`` with E|error| of a bin ≈ √(2/π)·√(¼/n)."""
-        per_bin = max(rows // bins, 1)
-        return max(self.max_ece, 2 * math.sqrt(2 / math.pi) * math.sqrt(0.25 / per_bin))
+        """``max(max_ece, 2 × E[ECE | calibrated, rows])`` (:func:`tasks.metrics.chance_ece`)."""
+        from tasks.metrics import chance_ece
+
+        return max(self.max_ece, chance_ece(rows, bins))
 
 
 @dataclass

@@ -38,9 +38,11 @@ from core.candles import interval_ms
 from core.settings import Settings
 from serving.journal import models as db
 from serving.journal.analytics import model_outcomes
+from serving.journal.analytics import models as analytics_models
 from serving.journal.journal import Journal
 from tasks import metrics
 from tasks.features import FeatureSpec, feature_matrix
+from tasks.metrics import chance_ece
 from tasks.models.base import binary_log_loss
 from tasks.store import CandleStore
 from tasks.strategy.risk import Mode
@@ -165,33 +167,26 @@ def drift(
 
 
 def model_figures(outcomes: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per model: rows, log loss and the window's climatology, accuracy, ECE, calibration line, bias."""
+    """Per model: the dashboard's live figures, the window's climatology, calibration line and bias.
+
+    The figures are :func:`serving.journal.analytics.models`'; the calibration line is
+    fitted with bars as clusters, the bias is the BUY share minus the realised up share.
+    """
+    groups = dict(tuple(outcomes.groupby("model")))
     out = []
-    for name, rows in outcomes.groupby("model"):
+    for figures in analytics_models(outcomes):
+        rows = groups[figures["model"]]
         y = rows["up"].to_numpy(dtype=np.float64)
-        p = np.clip(rows["p_up"].to_numpy(dtype=np.float64), 1e-6, 1 - 1e-6)
-        share = float(y.mean())
-        line = metrics.calibration_line(y, p, clusters=rows["time"].to_numpy())
-        buy = float((p > 0.5).mean())
+        share = min(max(figures["up_share"], 1e-6), 1 - 1e-6)
+        line = metrics.calibration_line(
+            y, rows["p_up"].to_numpy(dtype=np.float64), clusters=rows["time"].to_numpy()
+        )
         out.append(
-            {"model": str(name), "rows": len(rows),
-             "log_loss": binary_log_loss(y, p),
-             "log_loss_climatology": binary_log_loss(y, np.full_like(y, min(max(share, 1e-6), 1 - 1e-6))),
-             "accuracy": float(((p > 0.5) == (y > 0.5)).mean()), "ece": float(metrics.ece(y, p)),
+            {**figures, "log_loss_climatology": binary_log_loss(y, np.full_like(y, share)),
              "calibration_slope": line["slope"], "calibration_slope_se": line["slope_se"],
-             "calibration_intercept": line["intercept"],
-             "buy_share": buy, "up_share": share, "bias": buy - share}
+             "calibration_intercept": line["intercept"], "bias": figures["buy_share"] - figures["up_share"]}
         )  # fmt: skip
     return out
-
-
-def chance_ece(rows: int, bins: int = 10) -> float:
-    """Twice the ECE a calibrated model shows by chance on ``rows`` rows (bins of P(up) ≈ ½).
-
-    Each bin's observed up rate misses its mean P(up) by |N(0, ¼ / (rows / bins))| on
-    average, √(2/π) × its standard error.
-    """
-    return 2 * math.sqrt(2 / math.pi) * math.sqrt(0.25 * bins / max(rows, 1))
 
 
 def usual_drift(reference: pd.DataFrame, bars: int, limits: Limits) -> dict[str, float]:

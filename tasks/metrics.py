@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -44,6 +46,16 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
         sel = which == b
         total += sel.mean() * abs(q[sel].mean() - y[sel].mean())
     return float(total)
+
+
+def chance_ece(rows: int, bins: int = 10) -> float:
+    """Twice the ECE a calibrated model shows by chance on ``rows`` rows (``bins`` equal-count bins).
+
+    A bin's observed up rate misses its mean P(up) ≈ ½ by |N(0, ¼ / n)| on average,
+    √(2/π)·√(¼/n) for n rows per bin.
+    """
+    per_bin = max(rows // bins, 1)
+    return 2 * math.sqrt(2 / math.pi) * math.sqrt(0.25 / per_bin)
 
 
 def classification(y: np.ndarray, p: np.ndarray, base_rate: float | np.ndarray) -> dict[str, float]:

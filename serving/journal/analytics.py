@@ -80,7 +80,7 @@ def symbols(
     """
     from tasks.strategy import kernel as k
     from tasks.strategy.engine import Strategy
-    from tasks.strategy.market import track_update
+    from tasks.strategy.market import track_record
 
     frame = pd.DataFrame(report.trades(journal))
     if frame.empty:
@@ -92,10 +92,7 @@ def symbols(
     frame["r"] = frame["r_multiple"].astype(float)
     out = []
     for symbol, rows in frame.sort_values("closed_at", kind="stable").groupby("symbol"):
-        track, streak = 0.0, 0
-        for count, r in enumerate(rows["r"].fillna(0.0)):
-            track = track_update(track, count, float(r), strategy.track_alpha)
-            streak = streak + 1 if r < 0 else 0
+        track, _, streak = track_record(list(rows["r"].fillna(0.0)), strategy.track_alpha)
         last_exit = pd.Timestamp(rows["closed_at"].iloc[-1]).value
         disabled = bool(k.symbol_disabled(params, streak, last_exit, at, step.value))
         scale = float(k.symbol_scale(params, track, len(rows)))

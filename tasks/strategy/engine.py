@@ -217,7 +217,7 @@ class Strategy:
         taken as 1). The rules are :func:`tasks.strategy.kernel.decide_bar`, the backtest's too.
         """
         from tasks.strategy import kernel as k
-        from tasks.strategy.market import track_update
+        from tasks.strategy.market import track_record
 
         symbols = sorted({s.symbol for s in signals} | set(book.positions))
         n = len(symbols)
@@ -263,11 +263,9 @@ class Strategy:
         track, track_count, streak = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
         for symbol, results in book.symbol_r.items():
             if symbol in row:
-                i = row[symbol]
-                for r in results:
-                    track[i] = track_update(track[i], int(track_count[i]), r, self.track_alpha)
-                    track_count[i] += 1
-                    streak[i] = streak[i] + 1 if r < 0 else 0
+                track[row[symbol]], track_count[row[symbol]], streak[row[symbol]] = track_record(
+                    results, self.track_alpha
+                )
         returns, volumes, _ = (window or MarketWindow.empty()).arrays(symbols, self.window)
         wins, losses = [r for r in book.r_multiples if r > 0], [-r for r in book.r_multiples if r < 0]
         payoff = (sum(wins) / len(wins)) / (sum(losses) / len(losses)) if wins and losses else np.nan

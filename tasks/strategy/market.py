@@ -142,3 +142,15 @@ def liquidity(volumes: np.ndarray) -> np.ndarray:
 def track_update(average: float, count: int, r_multiple: float, alpha: float) -> float:
     """The symbol's track record after one more closed trade (the first trade sets it)."""
     return r_multiple if count == 0 else average + alpha * (r_multiple - average)
+
+
+def track_record(results: Sequence[float], alpha: float) -> tuple[float, int, int]:
+    """(track record, closed trades, losing streak) of a symbol's closed trades' R, oldest first.
+
+    The backtest's loop keeps the same three figures trade by trade (:func:`track_update`).
+    """
+    track, streak = 0.0, 0
+    for count, r in enumerate(results):
+        track = track_update(track, count, float(r), alpha)
+        streak = streak + 1 if r < 0 else 0
+    return float(track), len(results), streak
