@@ -198,7 +198,12 @@ def retrain(
     seed: Annotated[int, typer.Option("--seed", help="Seed for every random choice.")] = 42,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or gpu (neural models).")] = "auto",
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Processes fitting models (default: cores).")
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Fit processes, or LocalCluster workers with QT_TASK_RUNNER=dask (default: cores).",
+        ),
     ] = None,
     label_noise: Annotated[
         float,
@@ -238,11 +243,10 @@ def retrain(
 
         note_ephemeral(settings)
         flow: Any = training_flow
-        if workers:
-            from prefect.task_runners import ProcessPoolTaskRunner
+        if workers:  # the runner QT_TASK_RUNNER names, of this size
+            from flows.runners import cpu_runner
 
-            runner: Any = ProcessPoolTaskRunner(max_workers=workers)
-            flow = training_flow.with_options(task_runner=runner)
+            flow = training_flow.with_options(task_runner=cpu_runner(settings, workers))
         with progress_bars(enabled=not as_json and stderr.is_terminal):
             doc = flow(
                 symbols=parse_symbols(symbols), interval=interval or settings.default_interval, market=market,

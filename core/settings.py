@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,17 @@ class Settings(BaseSettings):
     quote_asset: str = "USDT"
     min_quote_volume: float = Field(default=500_000.0, ge=0, description="universe filter, USDT")
     sentiment_csv: Path | None = Field(default=None, description="optional sentiment source (CSV)")
+
+    # Task runners: Prefect's process pool here, or a Dask cluster (prefect-dask).
+    task_runner: Literal["local", "dask"] = Field(
+        default="local", description="where the flows' concurrent tasks run: local or dask"
+    )
+    dask_address: str | None = Field(
+        default=None, description="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (else a LocalCluster)"
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="fit processes (local) or LocalCluster workers (default: cores, ≤ 4)"
+    )
 
     # MLflow: a SQLite store and file artifacts under home unless a server is named.
     mlflow_tracking_uri: str | None = Field(default=None, description="e.g. http://127.0.0.1:5000")

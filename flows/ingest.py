@@ -21,6 +21,7 @@ from core.candles import check_market, interval_ms
 from core.errors import IngestError, QTError, RetryableError
 from core.settings import Settings, load_settings
 from core.timeutil import parse_range, parse_utc
+from flows.runners import io_runner
 from tasks.ingest import SymbolReport, ingest_binance, ingest_files
 from tasks.ingest.binance import BinanceKlineSource
 from tasks.ingest.files import expand_paths, group_files
@@ -103,7 +104,7 @@ def dataset_key(market: str, symbol: str, interval: str) -> str:
     return f"{market} {symbol} {interval}"
 
 
-@flow(name="ingest", log_prints=False, validate_parameters=True)
+@flow(name="ingest", task_runner=io_runner(load_settings()), log_prints=False, validate_parameters=True)
 def ingest_flow(
     source: Source = "sample",
     symbols: list[str] | None = None,
