@@ -92,3 +92,23 @@ def test_the_settings_choose_the_runner(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("QT_DASK_ADDRESS")
     monkeypatch.setenv("QT_WORKERS", "3")
     assert describe(cpu_runner(load_settings(tmp_path))) == "dask LocalCluster (3 workers)"
+
+
+def test_the_ingest_flow_runs_its_symbols_on_dask(
+    runs: dict[str, Any], tmp_path: Path, prefect_harness: None
+) -> None:
+    """Per-symbol ingest tasks on a LocalCluster store what the thread pool stored."""
+    from flows.dask_runner import dask_runner
+    from flows.ingest import ingest_flow
+    from tasks.store import CandleStore
+
+    settings = load_settings(tmp_path / "home")
+    doc = ingest_flow.with_options(task_runner=dask_runner(workers=2))(
+        source="sample", symbols=SYMBOLS, home=str(settings.home)
+    )
+    assert sorted(doc["symbols"]) == SYMBOLS and not doc["failed"]
+    local = CandleStore(runs["local"][0].store_dir)  # ingested by the retrain, on the thread pool
+    for symbol in SYMBOLS:
+        pd.testing.assert_frame_equal(
+            CandleStore(settings.store_dir).read(symbol, "1h"), local.read(symbol, "1h")
+        )
