@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/candles.py
 	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .qt .mypy_cache .ruff_cache .pytest_cache
