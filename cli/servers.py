@@ -84,11 +84,27 @@ def _block_until_interrupted(servers: Any) -> None:
 @app.command()
 def deploy(
     serve: Annotated[
-        bool, typer.Option("--serve/--no-serve", help="Keep running and execute runs as they come due.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Keep running and execute runs as they come due (default without --work-pool).",
+        ),
+    ] = None,
     source: Annotated[
         str, typer.Option("--source", help="Where the scheduled retrains take new candles: store or binance.")
     ] = "store",
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            metavar="NAME",
+            help=(
+                "Apply the deployments to this Prefect work pool (created, type process, when missing) "
+                "instead of serving them here: a 'prefect worker start --pool NAME' process with "
+                "quantum-trader installed runs them, with its own QT_* settings (QT_HOME, MLflow, journal)."
+            ),
+        ),
+    ] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -99,7 +115,10 @@ def deploy(
     (flows.deploy.request_retrain). live/every-minute trades the champion on the paper
     broker, one tick at a time, never beside a retrain's registry writes; supervisor/hourly
     checks the live model's calibration and drift and moves the risk engine to DEFENSIVE.
+    Without --work-pool this process runs them, on this home; with it, the pool's workers
+    do (infra/compose.yaml starts one), on theirs.
     """
+    serving = serve if serve is not None else work_pool is None
 
     def command(settings: Settings) -> tuple[dict[str, Any], Any]:
         import os
@@ -109,26 +128,34 @@ def deploy(
 
         if source not in ("store", "binance"):
             raise BadConfigError(f"--source {source!r}: use store or binance")
+        if serving and work_pool is not None:
+            raise BadConfigError(
+                f"--serve with --work-pool {work_pool}: the pool's workers run the deployments; "
+                "drop --serve, or --work-pool to run them here"
+            )
         if not os.environ.get("PREFECT_API_URL"):
             raise BadConfigError(
                 "qt deploy needs a Prefect server (ephemeral mode forgets deployments): "
                 f"run qt ui --home {settings.home} in another terminal, or export PREFECT_API_URL"
             )
         check_api(os.environ["PREFECT_API_URL"])
-        found = apply_deployments(settings, source)
+        found = apply_deployments(settings, source, work_pool)
         rows = [
-            [d["name"], ", ".join(f"{s['cron']} {s['timezone']}" for s in d["schedules"]) or "on demand"]
+            [d["name"], ", ".join(f"{s['cron']} {s['timezone']}" for s in d["schedules"]) or "on demand",
+             d["work_pool"] or "served here"]
             for d in found
-        ]
-        doc = {"deployments": found, "serving": serve}
-        return doc, table("Deployments", ["deployment", "schedule"], rows)
+        ]  # fmt: skip
+        doc = {"deployments": found, "serving": serving, "work_pool": work_pool}
+        return doc, table("Deployments", ["deployment", "schedule", "runs on"], rows)
 
     run(home, as_json, command)
-    if serve:
+    if serving:
         from flows.deploy import serve as serve_deployments
 
         stderr.print("serving the deployments (Ctrl-C stops)", highlight=False)
         serve_deployments(load(home), source)
+    elif work_pool is not None:
+        stderr.print(f"a worker runs them: prefect worker start --pool {work_pool}", highlight=False)
 
 
 @app.command()

@@ -11,6 +11,14 @@ takes the home's global concurrency limit (:data:`flows.live.HOME_LIMIT`, 1 slot
 :func:`apply_deployments` creates, so it never runs beside a retrain's registry writes, and
 a training flow holds :data:`flows.live.RETRAIN_LIMIT` (1 slot, created there too) for its
 whole run, so the daily and a triggered retrain queue instead of overlapping.
+
+Two ways to run them: :func:`serve` runs them in this process as they come due (``qt
+deploy``), or :func:`apply_deployments` with a work pool (``qt deploy --work-pool NAME``)
+leaves them to the workers of a Prefect ``process`` pool (``prefect worker start --pool
+NAME``, ``infra/compose.yaml``). Their entrypoints are module paths
+(``flows.training.training_flow``), so a worker imports the installed package and needs no
+code storage; the deployments then carry no home, and each run takes the worker's own
+``QT_*`` settings (its ``QT_HOME``, MLflow server, journal), as a worker on another machine must.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ LIVE = "every-minute"
 LIVE_CRON = "* * * * *"
 SUPERVISOR = "hourly"
 SUPERVISOR_CRON = "5 * * * *"
+#: The only work pool type whose workers can run these deployments: they carry no image nor
+#: code storage, only module paths the worker's own installed package resolves.
+WORK_POOL_TYPE = "process"
 
 
 def check_api(url: str, timeout_s: float = 5.0) -> None:
@@ -53,15 +64,23 @@ def check_api(url: str, timeout_s: float = 5.0) -> None:
     )
 
 
-def deployments(settings: Settings, source: str = "store") -> list[Any]:
-    """The retrain, live and supervisor deployments (not yet applied), parameterised with the home."""
+def deployments(settings: Settings, source: str = "store", *, with_home: bool = True) -> list[Any]:
+    """The retrain, live and supervisor deployments (not yet applied).
+
+    Args:
+        settings: the deployer's settings (its home, default market).
+        source: where the scheduled retrains take new candles: store or binance.
+        with_home: pass this home to every run; without it a run takes ``QT_HOME`` of the
+            process that runs it (a work pool's worker).
+    """
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
     from flows.training import training_flow
 
+    home = {"home": str(settings.home)} if with_home else {}
     common: dict[str, Any] = {
-        "parameters": {"home": str(settings.home), "source": source},
+        "parameters": {**home, "source": source},
         "concurrency_limit": 1,
         "tags": ["quantum-trader", "training"],
         "entrypoint_type": EntrypointType.MODULE_PATH,
@@ -86,7 +105,7 @@ def deployments(settings: Settings, source: str = "store") -> list[Any]:
         name=LIVE,
         schedules=[Cron(LIVE_CRON, timezone="UTC")],
         description="One live tick a minute: the champion, new candles, the strategy, the paper broker.",
-        parameters={"home": str(settings.home), "broker": "paper", "market": settings.default_market},
+        parameters={**home, "broker": "paper", "market": settings.default_market},
         concurrency_limit=1,
         tags=["quantum-trader", "live"],
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -100,7 +119,7 @@ def deployments(settings: Settings, source: str = "store") -> list[Any]:
             "Every hour: the live model's log loss, accuracy, calibration, bias and feature drift; "
             "DEFENSIVE and a triggered retrain when one is off (checks in MLflow's monitoring experiment)."
         ),
-        parameters={"home": str(settings.home), "market": settings.default_market},
+        parameters={**home, "market": settings.default_market},
         concurrency_limit=1,
         tags=["quantum-trader", "monitoring"],
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -108,13 +127,28 @@ def deployments(settings: Settings, source: str = "store") -> list[Any]:
     return [daily, triggered, live, supervise]
 
 
-def apply_deployments(settings: Settings, source: str = "store") -> list[dict[str, Any]]:
-    """Register the deployments with the Prefect API; returns what the API now holds."""
+def apply_deployments(
+    settings: Settings, source: str = "store", work_pool: str | None = None
+) -> list[dict[str, Any]]:
+    """Register the deployments with the Prefect API; returns what the API now holds.
+
+    Args:
+        settings: the deployer's settings.
+        source: where the scheduled retrains take new candles: store or binance.
+        work_pool: a Prefect work pool (created, type ``process``, when missing) whose
+            workers run the deployments; they then carry no home (the worker's ``QT_HOME``
+            decides). None: :func:`serve` runs them here, with this home.
+
+    Raises:
+        BadConfigError: the work pool exists and is not of type ``process``.
+    """
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    for deployment in deployments(settings, source):
-        deployment.apply()
+    if work_pool is not None:
+        ensure_work_pool(work_pool)
+    for deployment in deployments(settings, source, with_home=work_pool is None):
+        deployment.apply(work_pool_name=work_pool)
 
     async def read() -> list[dict[str, Any]]:
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -137,6 +171,7 @@ def apply_deployments(settings: Settings, source: str = "store") -> list[dict[st
                         "id": str(found.id),
                         "schedules": [_schedule(s.schedule) for s in found.schedules],
                         "parameters": found.parameters,
+                        "work_pool": found.work_pool_name,
                         "concurrency_limit": found.global_concurrency_limit.limit
                         if found.global_concurrency_limit
                         else None,
@@ -149,13 +184,49 @@ def apply_deployments(settings: Settings, source: str = "store") -> list[dict[st
     return result
 
 
+def ensure_work_pool(name: str) -> dict[str, Any]:
+    """The work pool ``name``, created as a ``process`` pool when the API has none of that name.
+
+    Returns:
+        ``{"name", "type", "created"}``.
+
+    Raises:
+        BadConfigError: a pool of that name exists with another type: its workers could not
+            import the flows (the deployments carry no image or code storage).
+    """
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    from core.errors import BadConfigError
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()  # local: no collections registry
+            wanted = WorkPoolCreate(name=name, type=WORK_POOL_TYPE, base_job_template=template)
+            try:
+                client.create_work_pool(wanted)
+                return {"name": name, "type": WORK_POOL_TYPE, "created": True}
+            except ObjectAlreadyExists:  # a worker starting meanwhile created it (compose starts both)
+                pool = client.read_work_pool(name)
+    if pool.type != WORK_POOL_TYPE:
+        raise BadConfigError(
+            f"work pool {name!r} is of type {pool.type!r}: the deployments need a {WORK_POOL_TYPE!r} "
+            "pool, whose workers run them from their own installed quantum-trader; name another pool"
+        )
+    return {"name": name, "type": pool.type, "created": False}
+
+
 def _schedule(schedule: Any) -> dict[str, Any]:
     cron = getattr(schedule, "cron", None)
     return {"cron": cron, "timezone": getattr(schedule, "timezone", None), "schedule": str(schedule)}
 
 
 def request_retrain(reason: str, parameters: dict[str, Any] | None = None) -> str:
-    """Start ``triggered-retrain`` (returns the flow run id at once; a served runner runs it)."""
+    """Start ``triggered-retrain`` (returns the flow run id at once; a served runner or a worker runs it)."""
     from prefect.deployments import run_deployment
 
     run: Any = run_deployment(

@@ -22,7 +22,7 @@ RETRAIN_LIMIT = "quantum-trader-retrain"
 
 @flow(name="live", validate_parameters=True, log_prints=False)
 def live_flow(
-    home: str,
+    home: str | None = None,
     broker: Literal["paper", "binance"] = "paper",
     market: Literal["spot", "futures"] = "spot",
     interval: str | None = None,
@@ -31,7 +31,8 @@ def live_flow(
     """One live tick: the champion, new candles, the strategy, the broker, the journal.
 
     Args:
-        home: the home (store, registry, journal).
+        home: the home (store, registry, journal); default ``QT_HOME`` of the process that
+            runs the flow (a work pool's worker: :func:`flows.deploy.apply_deployments`).
         broker: paper or binance (keys from the environment).
         market: spot or futures.
         interval: candle interval (default: the settings').
@@ -44,7 +45,7 @@ def live_flow(
 
     from core.settings import configure_environment, load_settings
 
-    settings = load_settings(Path(home))
+    settings = load_settings(Path(home) if home else None)
     configure_environment(settings)
     with concurrency(HOME_LIMIT, occupy=1, strict=False):
         loop = build_loop(settings, broker, market, interval, symbols)

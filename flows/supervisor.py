@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @flow(name="supervisor", validate_parameters=True, log_prints=False)
 def supervisor_flow(
-    home: str,
+    home: str | None = None,
     market: Literal["spot", "futures"] = "spot",
     interval: str | None = None,
     retrain: bool = True,
@@ -29,7 +29,8 @@ def supervisor_flow(
     """Check the live model: log loss, accuracy, calibration, bias, feature drift.
 
     Args:
-        home: the home (store, registry, journal).
+        home: the home (store, registry, journal); default ``QT_HOME`` of the process that
+            runs the flow (a work pool's worker).
         market: spot or futures.
         interval: candle interval (default: the settings').
         retrain: start the triggered-retrain deployment when a check fails.
@@ -48,7 +49,7 @@ def supervisor_flow(
     from serving.monitoring import log_monitoring
     from serving.replay import find_replay
 
-    settings = load_settings(Path(home))
+    settings = load_settings(Path(home) if home else None)
     configure_environment(settings)
     settings = find_replay(settings, replay) if replay else settings
     journal = Journal.if_exists(settings)

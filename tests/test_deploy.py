@@ -7,13 +7,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
-from core.settings import Settings
+from core.settings import Settings, load_settings
 from tests.conftest import start_qt_ui
 from tests.test_cli import QT, ROOT
 
@@ -52,6 +53,123 @@ def test_deployments_daily_and_triggered_are_in_the_prefect_api(
     assert state == "Scheduled" and "triggered" in tags
     assert "reason:live win rate below 45 %" in tags
     assert parameters["models"] == ["xgb"] and parameters["home"] == str(settings.home)
+
+
+POOL = "qt-test-pool"
+NAMES = ("training/daily-retrain", "training/triggered-retrain", "live/every-minute", "supervisor/hourly")
+
+
+def _pool_and_deployments(pool: str) -> tuple[str, dict[str, tuple[str | None, dict[str, object]]]]:
+    """The pool's type, and name → (work pool, parameters) of the four deployments, from the API."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        kind = client.read_work_pool(pool).type
+        found = {name: client.read_deployment_by_name(name) for name in NAMES}
+    return kind, {name: (d.work_pool_name, d.parameters) for name, d in found.items()}
+
+
+def _delete(names: tuple[str, ...], pool: str) -> None:
+    """Remove the deployments and the pool, so later tests of the session apply fresh served ones."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.delete_deployment(client.read_deployment_by_name(name).id)
+        client.delete_work_pool(pool)
+
+
+def test_with_a_work_pool_the_deployments_are_the_process_pools_and_carry_no_home(
+    settings: Settings, prefect_harness: None
+) -> None:
+    from flows.deploy import apply_deployments
+
+    try:
+        found = {d["name"]: d for d in apply_deployments(settings, "binance", work_pool=POOL)}
+        kind, stored = _pool_and_deployments(POOL)
+        assert kind == "process"  # created by apply_deployments, with the process worker's template
+        assert set(found) == set(NAMES)
+        for name in NAMES:
+            pool, parameters = stored[name]
+            assert pool == POOL and found[name]["work_pool"] == POOL
+            assert "home" not in parameters  # the worker's QT_HOME decides
+        assert stored["training/daily-retrain"][1] == {"source": "binance"}
+        assert stored["live/every-minute"][1] == {"broker": "paper", "market": "spot"}
+        assert [(s["cron"], s["timezone"]) for s in found["training/daily-retrain"]["schedules"]] == [
+            ("0 0 * * *", "UTC")
+        ]
+        again = apply_deployments(settings, "binance", work_pool=POOL)  # the pool exists: reused
+        assert [d["id"] for d in again] == [found[name]["id"] for name in NAMES]
+    finally:
+        _delete(NAMES, POOL)
+
+
+def test_a_work_pool_of_another_type_is_refused_with_its_name(
+    settings: Settings, prefect_harness: None
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from core.errors import BadConfigError
+    from flows.deploy import apply_deployments
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="qt-test-docker", type="docker"))
+    try:
+        with pytest.raises(BadConfigError, match="'qt-test-docker' is of type 'docker'"):
+            apply_deployments(settings, work_pool="qt-test-docker")
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_work_pool("qt-test-docker")
+
+
+@pytest.mark.slow
+def test_a_process_worker_runs_a_deployment_on_its_own_home(
+    settings: Settings, prefect_harness: None, tmp_path: Path
+) -> None:
+    """``prefect worker start`` imports the flow by its module path and runs it on the worker's QT_HOME."""
+    import prefect.settings
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import apply_deployments
+    from serving import supervisor
+    from serving.journal import Journal
+
+    worker_home = tmp_path / "worker-home"
+    Journal.open(load_settings(worker_home)).close()  # an empty journal: the supervisor has nothing to flag
+    try:
+        found = {d["name"]: d for d in apply_deployments(settings, work_pool=POOL)}
+        with get_client(sync_client=True) as client:
+            for d in found.values():  # no scheduled runs beside the one this test starts
+                client.pause_deployment(d["id"])
+        run: Any = run_deployment("supervisor/hourly", parameters={"retrain": False}, timeout=0)
+        api = str(prefect.settings.PREFECT_API_URL.value())
+        env = {**os.environ, "PREFECT_API_URL": api, "QT_HOME": str(worker_home)}
+        worker = subprocess.run(
+            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", POOL,
+             "--type", "process", "--run-once", "--install-policy", "never"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run.id).state
+        assert state is not None and state.is_completed(), (state, worker.stdout[-3000:])
+        with Journal.open(load_settings(worker_home)) as journal:  # its verdict, in the worker's journal
+            verdict = supervisor.latest(journal)
+        assert verdict is not None and verdict["mode"] == "NORMAL"
+        assert (worker_home / "mlflow" / "mlflow.db").exists()  # its monitoring run: the worker's MLflow
+        assert not (settings.home / "mlflow").exists()
+    finally:
+        _delete(NAMES, POOL)
+
+
+def test_qt_deploy_refuses_serve_with_a_work_pool(tmp_path: Path) -> None:
+    env = {**os.environ, "QT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    command = [*QT, "deploy", "--serve", "--work-pool", POOL, "--json"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "the pool's workers run the deployments" in json.loads(done.stdout)["error"]
 
 
 def _read_json(stream: IO[str]) -> dict[str, str]:
