@@ -3,8 +3,9 @@
 SQLite has no decimal type: a ``NUMERIC`` column converts ``0.000000012345678901`` to a
 float and SQLAlchemy's ``Numeric`` binds through float as well, so on SQLite an
 :class:`ExactDecimal` is stored as its canonical decimal string; elsewhere (Postgres) it
-is a native ``NUMERIC(38, 18)``. Either way Python sees :class:`~decimal.Decimal` in and out,
-and a value the column cannot hold exactly is refused instead of rounded.
+is a native ``NUMERIC(38, 18)``, read back without the zeros it pads to 18 decimals. Either
+way Python sees the same :class:`~decimal.Decimal` in and out, and a value the column cannot
+hold exactly is refused instead of rounded.
 """
 
 from __future__ import annotations
@@ -41,10 +42,22 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return format(exact, "f") if dialect.name == "sqlite" else exact
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """A :class:`~decimal.Decimal` whatever the driver returned."""
+        """A :class:`~decimal.Decimal` whatever the driver returned, without ``NUMERIC``'s padding."""
         if value is None:
             return None
-        return value if isinstance(value, Decimal) else Decimal(str(value))
+        return unpadded(value) if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def unpadded(value: Decimal) -> Decimal:
+    """``value`` without the trailing zeros ``NUMERIC(38, 18)`` pads every value with.
+
+    Postgres returns ``0.00153`` as ``0.001530000000000000``; arithmetic on such values keeps
+    18 decimals per operand (a price times a quantity: 28 significant digits), which
+    :func:`to_exact` then refuses to store. Read back unpadded, values behave as on SQLite:
+    ``65000.120000000000000000`` → ``65000.12``, ``1000.000000000000000000`` → ``1000`` (not ``1E+3``).
+    """
+    text = format(value, "f")  # exact: normalize() and quantize() round to the context's 28 digits
+    return Decimal(text.rstrip("0").rstrip(".")) if "." in text else value
 
 
 def to_exact(value: object) -> Decimal:
