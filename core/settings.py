@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # Trade journal: SQLite under home unless a SQLAlchemy URL is named (e.g. Postgres).
     journal_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/qt")
 
+    # Prefect's server database: SQLite under <home>/prefect unless a URL is named (e.g. Postgres).
+    prefect_database_url: str | None = Field(
+        default=None, description="e.g. postgresql+asyncpg://user@host/prefect (Prefect needs asyncpg)"
+    )
+
     # Costs per market (bps of traded notional, per side): Binance's regular tier.
     spot_taker_fee_bps: float = Field(default=10.0, ge=0, description="spot taker fee; 7.5 paying in BNB")
     spot_maker_fee_bps: float = Field(default=10.0, ge=0, description="spot maker fee; 7.5 paying in BNB")
@@ -165,6 +170,8 @@ def configure_environment(settings: Settings) -> None:
         "GX_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
+    if settings.prefect_database_url is not None:  # the server `qt ui` or an ephemeral run starts
+        defaults["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = settings.prefect_database_url
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     _exit_without_final_collection()
