@@ -4,10 +4,18 @@ For each label horizon (1, 4, 24 bars by default) the base models are walked for
 quarterly test windows (purged by the horizon, embargoed) and the stacker is walked
 forward over their OOF P(up). Every policy of :func:`tasks.strategy.research.candidates`
 then trades each horizon's stacked P(up) on the next bar's return, net of the market's
-costs, beside buy-and-hold and the original's momentum fallback on the same rows. The
+costs, beside buy-and-hold and the original's momentum fallback on the same rows. Each
+policy is traded twice: with market entries (taker fee + slippage) and, as ``<policy>
+maker``, with post-only limit entries at the decision bar's close that fill only when the
+next candle's low (high, for a short) trades through the limit by 1 bp, paying the maker
+fee (exits at market either way); the candles' high/low come from the research store. The
 ``nested`` row is what a user would have got: for each test fold, the horizon and policy
 with the best net Sharpe on the earlier folds (flat when none beat 0), so no reported row
-helped choose what traded it. Each fold's universe is the top ``--top`` symbols by
+helped choose what traded it; ``nested, taker entries only`` and ``nested, maker entries
+only`` are the same choice within each half of the grid (diagnostics). Each maker row (and
+each nested row that picked maker candidates) also reports its fill rate, the share of
+wanted entries filled, the return its taker twin earned while the order waited, and the
+costs it saved. Each fold's universe is the top ``--top`` symbols by
 quote volume over the 90 days before it (survivorship-free; all 10 shared pairs trade
 from 2021-04, so with ``--top 10`` every pair is in every fold).
 
@@ -45,15 +53,19 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from tasks import metrics  # noqa: E402
-from tasks.backtest import Costs, backtest, baseline_positions  # noqa: E402
+from tasks.backtest import Costs, baseline_positions  # noqa: E402
 from tasks.models.stacker import PREFIX  # noqa: E402
 from tasks.strategy.research import (  # noqa: E402
     FLAT,
     Candidate,
+    backtest_entries,
     candidates,
     fold_sharpes,
+    maker_figures,
     nested_choice,
+    openings,
     positions,
+    resting_bars,
     universe_as_of,
 )
 
@@ -184,6 +196,7 @@ def research(
     starts = [stacked.loc[stacked["fold"] == f, "open_time"].min() for f in fold_ids]
     edges = [*starts, stacked["open_time"].max() + STEP]
     rows = base[(base["open_time"] >= edges[0]) & (base["open_time"] < edges[-1])].reset_index(drop=True)
+    rows = rows.join(resting_bars(rows, candles, STEP))  # the bar a limit order placed at t's close rests in
     fold_of = np.searchsorted(
         np.array(edges[1:-1], dtype="datetime64[ns]"),
         rows["open_time"].to_numpy(dtype="datetime64[ns]"),
@@ -197,6 +210,7 @@ def research(
     }
 
     paths: dict[str, pd.Series] = {}
+    fills: dict[str, pd.Series] = {}  # maker candidates: rows where a limit entry filled
     plans: dict[str, Candidate] = {}
     for h, oof in oofs.items():
         keyed = oof.set_index(["symbol", "open_time"])
@@ -204,27 +218,51 @@ def research(
         p = pd.Series(p.fillna(0.5).to_numpy(), index=rows.index)  # no label yet (end, gaps): no edge
         abs_return = oof.groupby("symbol")["abs_return"].first().to_dict()
         for c in candidates([h]):
-            paths[c.key] = positions(rows, p, c, costs, abs_return, typical_vol).where(member, 0.0)
+            pos = positions(rows, p, c, costs, abs_return, typical_vol)
+            paths[c.key] = pos.where(member, 0.0)
             plans[c.key] = c
+            if c.maker:
+                fills[c.key] = openings(rows, pos) & member
     for name, pos in baseline_positions(rows, STEP, costs.long_only).items():
         if name != "always_flat":
             paths[name] = pos.where(member, 0.0)
 
     sharpes = {
-        k: fold_sharpes(backtest(rows, pos, costs, STEP).net, edges, bars_per_year)
+        k: fold_sharpes(backtest_entries(rows, pos, costs, STEP, fills.get(k)).net, edges, bars_per_year)
         for k, pos in paths.items()
     }
-    chosen = nested_choice({k: v for k, v in sharpes.items() if k in plans}, first=1)
-    nested = pd.Series(0.0, index=rows.index)
-    for f, key in enumerate(chosen, start=1):
-        if key != FLAT:
-            nested[fold_of == f] = paths[key][fold_of == f]
-    paths["nested"] = nested
+    # The nested choice over the whole grid (the headline row), and as diagnostics over each
+    # kind of entry alone (the taker-only one is the grid before maker entries were added).
+    grids = {
+        "nested": list(plans),
+        "nested, taker entries only": [k for k, c in plans.items() if not c.maker],
+        "nested, maker entries only": [k for k, c in plans.items() if c.maker],
+    }
+    chosen: dict[str, list[str]] = {}
+    twins: dict[str, pd.Series] = {}  # the chosen candidates' taker twins, fold by fold
+    for row, keys in grids.items():
+        chosen[row] = nested_choice({k: sharpes[k] for k in keys}, first=1)
+        paths[row] = pd.Series(0.0, index=rows.index)
+        fills[row] = pd.Series(False, index=rows.index)
+        twins[row] = pd.Series(0.0, index=rows.index)
+        for f, key in enumerate(chosen[row], start=1):
+            if key != FLAT:
+                fold = fold_of == f
+                paths[row][fold] = paths[key][fold]
+                twins[row][fold] = paths[twin(plans[key])][fold]
+                if key in fills:
+                    fills[row][fold] = fills[key][fold]
+        sharpes[row] = fold_sharpes(
+            backtest_entries(rows, paths[row], costs, STEP, fills[row]).net, edges, bars_per_year
+        )
 
     reported = fold_of >= 1
     out_rows = []
+    results = {}
     for key, pos in paths.items():
-        bt = backtest(rows[reported], pos[reported], costs, STEP)
+        maker = fills[key][reported] if key in fills else None
+        bt = backtest_entries(rows[reported], pos[reported], costs, STEP, maker)
+        results[key] = bt
         m = bt.metrics
         years = len(bt.net) / bars_per_year
         out_rows.append(
@@ -232,6 +270,7 @@ def research(
                 "row": key,
                 "horizon": plans[key].horizon if key in plans else None,
                 "policy": asdict(plans[key]) if key in plans else key,
+                "maker": plans[key].maker if key in plans else None,
                 "sharpe": m["sharpe"],
                 "annual_return": (1 + m["total_return"]) ** (1 / years) - 1 if years > 0 else 0.0,
                 "total_return": m["total_return"],
@@ -240,9 +279,32 @@ def research(
                 "trades": m["trades"],
                 "exposure": m["exposure"],
                 "fees_paid": m["fees_paid"],
-                "sharpe_per_fold": sharpes.get(key, [])[1:],
+                "costs_per_year": float(bt.cost.sum()) / years if years > 0 else 0.0,
+                "sharpe_per_fold": sharpes[key][1:],
             }
         )
+    sharpe_of = {r["row"]: r["sharpe"] for r in out_rows}
+    for r in out_rows:  # maker entries against their taker twins, on the reported rows they traded
+        key = r["row"]
+        if key in plans and plans[key].maker:
+            taker, span, twin_row = paths[twin(plans[key])], reported, twin(plans[key])
+        elif key in chosen:
+            picks = [f for f, k in enumerate(chosen[key], start=1) if k in plans and plans[k].maker]
+            if not picks:
+                continue
+            taker, span, twin_row = twins[key], np.isin(fold_of, picks), None
+        else:
+            continue
+        figures: dict[str, Any] = maker_figures(rows[span], taker[span], paths[key][span], STEP)
+        span_years = rows.loc[span, "open_time"].nunique() / bars_per_year
+        as_taker = backtest_entries(rows[span], taker[span], costs, STEP).cost.sum()
+        as_maker = backtest_entries(rows[span], paths[key][span], costs, STEP, fills[key][span]).cost.sum()
+        figures["costs_saved_per_year"] = float(as_taker - as_maker) / span_years if span_years > 0 else 0.0
+        figures["folds"] = len(np.unique(fold_of[span]))
+        if twin_row is not None:
+            figures["twin"] = twin_row
+            figures["twin_sharpe"] = sharpe_of[twin_row]
+        r["entries"] = figures
     return {
         "market": costs.market,
         "costs": asdict(costs),
@@ -250,9 +312,17 @@ def research(
         "reported_end": str(edges[-1]),
         "fold_starts": [str(s) for s in starts],
         "universe_per_fold": universes,
-        "nested_choice": dict(zip([str(s) for s in starts[1:]], chosen, strict=True)),
+        "nested_choice": dict(zip([str(s) for s in starts[1:]], chosen["nested"], strict=True)),
+        "nested_choices": {
+            row: dict(zip([str(s) for s in starts[1:]], picks, strict=True)) for row, picks in chosen.items()
+        },
         "rows": out_rows,
     }
+
+
+def twin(candidate: Candidate) -> str:
+    """The row of a maker candidate's taker twin (the candidate's own row when it is a taker)."""
+    return replace(candidate, name=candidate.name.removesuffix(" maker"), maker=False).key
 
 
 def show(result: dict[str, Any]) -> None:
@@ -272,9 +342,29 @@ def show(result: dict[str, Any]) -> None:
             f"{r['exposure']:.0%}",
         )
     Console().print(table)
-    console.print(
-        "nested choice per fold: " + ", ".join(f"{k[:10]} {v}" for k, v in result["nested_choice"].items())
-    )
+    entries = Table(title=f"{result['market']}: maker entries against their taker twins (reported rows)")
+    columns = ("row", "Sharpe", "taker twin", "Δ", "orders", "fill rate", "entries filled", "missed/yr")
+    for col in (*columns, "costs saved/yr"):
+        entries.add_column(col, justify="left" if col == "row" else "right")
+    for r in result["rows"]:
+        e = r.get("entries")
+        if e is None:
+            continue
+        twin_sharpe = e.get("twin_sharpe")
+        entries.add_row(
+            r["row"],
+            f"{r['sharpe']:.2f}",
+            "" if twin_sharpe is None else f"{twin_sharpe:.2f}",
+            "" if twin_sharpe is None else f"{r['sharpe'] - twin_sharpe:+.2f}",
+            f"{e['orders']:.0f}",
+            f"{e['fill_rate']:.0%}",
+            f"{e['entries_filled']:.0%}",
+            f"{e['missed_per_year']:+.1%}",
+            f"{e['costs_saved_per_year']:+.1%}",
+        )
+    Console().print(entries)
+    for row, picks in result["nested_choices"].items():
+        console.print(f"{row}, choice per fold: " + ", ".join(f"{k[:10]} {v}" for k, v in picks.items()))
 
 
 def track(settings: Any, document: dict[str, Any]) -> str:
@@ -318,6 +408,8 @@ def track(settings: Any, document: dict[str, Any]) -> str:
                             )
                         }
                     )
+                    entries = r.get("entries", {})
+                    mlflow.log_metrics({k: float(v) for k, v in entries.items() if isinstance(v, float)})
                     for f, s in enumerate(r["sharpe_per_fold"]):
                         mlflow.log_metric("fold_sharpe", s, step=f)
         return str(parent.info.run_id)
