@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # MLflow: a SQLite store and file artifacts under home unless a server is named.
     mlflow_tracking_uri: str | None = Field(default=None, description="e.g. http://127.0.0.1:5000")
 
+    mlflow_artifact_root: str | None = Field(
+        default=None,
+        description="where new experiments keep artifacts, e.g. s3://bucket/mlflow (needs the s3 extra)",
+    )
+
     # Trade journal: SQLite under home unless a SQLAlchemy URL is named (e.g. Postgres).
     journal_url: str | None = Field(default=None, description="e.g. postgresql+psycopg://user@host/qt")
 
@@ -130,8 +135,8 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> str:
-        """Where new experiments keep their artifacts."""
-        return (self.mlflow_dir / "artifacts").as_uri()
+        """Where new experiments keep their artifacts (a local folder under home unless named)."""
+        return self.mlflow_artifact_root or (self.mlflow_dir / "artifacts").as_uri()
 
 
 def load_settings(home: Path | None = None) -> Settings:

@@ -102,7 +102,8 @@ def start(
     commands = [
         ("prefect", [_tool("prefect"), "server", "start"], prefect_env, f"{servers.prefect_url}/api/health"),
     ]
-    if settings.mlflow_tracking_uri is None:  # a configured MLflow server is already somebody's UI
+    remote = settings.mlflow_tracking_uri or ""
+    if not remote.startswith(("http://", "https://")):  # a store (SQLite, Postgres): serve a UI over it
         mlflow_cmd = [
             _tool("mlflow"), "server", "--backend-store-uri", settings.tracking_uri,
             "--default-artifact-root", settings.artifact_root, "--host", host, "--port", str(mlflow_port),
@@ -110,7 +111,7 @@ def start(
         ]  # fmt: skip
         commands.append(("mlflow", mlflow_cmd, mlflow_env, f"{servers.mlflow_url}/health"))
     else:
-        servers.mlflow_url = settings.mlflow_tracking_uri
+        servers.mlflow_url = remote
     checks = []
     try:
         for name, cmd, env, health in commands:

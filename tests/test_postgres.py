@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -42,7 +43,7 @@ HOUR = pd.Timedelta(hours=1)
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
     """A PostgreSQL of this module's own: the mlflow, journal and prefect databases, and a scratch one."""
-    with postgres_server(("mlflow", "journal", "prefect", "scratch")) as server:
+    with postgres_server(("mlflow", "journal", "prefect", "scratch", "mlflow_ui")) as server:
         yield server
 
 
@@ -272,10 +273,15 @@ def test_qt_prefect_database_url_reaches_prefect_unless_exported(
 def test_qt_ui_runs_prefect_on_postgres_and_a_flow_run_lands_there(
     pg: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``QT_PREFECT_DATABASE_URL=… qt ui``, then ``qt ingest``: its flow run is a row in Postgres."""
+    """``QT_PREFECT_DATABASE_URL=… qt ui``, then ``qt ingest``: its flow run is a row in Postgres.
+
+    With ``QT_MLFLOW_TRACKING_URI`` a Postgres store, ``qt ui`` serves an MLflow UI over it
+    (and prints that UI's address, never the database URL with its credentials).
+    """
     home = tmp_path / "home"
     files = copy_sample(tmp_path / "dumps", ["BTCUSDT"])
     monkeypatch.setenv("QT_PREFECT_DATABASE_URL", pg.url("prefect", "asyncpg"))
+    monkeypatch.setenv("QT_MLFLOW_TRACKING_URI", pg.url("mlflow_ui"))
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "")  # restored after the test
     monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL")
     ui, _, _ = start_qt_ui(home)  # its environment: ours, less PREFECT_API_URL / PREFECT_HOME
@@ -284,7 +290,11 @@ def test_qt_ui_runs_prefect_on_postgres_and_a_flow_run_lands_there(
     env.pop("PREFECT_HOME", None)
     try:
         assert ui.stdout is not None
-        api = _read_json(ui.stdout)["prefect_api"]  # printed once both servers answer
+        printed = _read_json(ui.stdout)  # printed once both servers answer
+        api, mlflow_ui = printed["prefect_api"], printed["mlflow_ui"]
+        assert mlflow_ui.startswith("http://127.0.0.1:") and "postgresql" not in json.dumps(printed)
+        with urllib.request.urlopen(f"{mlflow_ui}/health", timeout=10) as reply:
+            assert reply.status == 200
         done = subprocess.run(
             [*QT, "ingest", "--source", "files", "--path", str(files[0]), "--json"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
