@@ -79,8 +79,9 @@ def build_store(home: Path, size: int, real: dict[str, Any]) -> None:
 
     store = CandleStore(load_settings(home).store_dir)
     for name, pair, weeks in universe(size):
-        candles = real[pair]
-        store.upsert(name, "1h", "spot", candles.set_axis(candles.index + pd.Timedelta(weeks=weeks)))
+        shift, candles = pd.Timedelta(weeks=weeks), real[pair]
+        moved = candles.set_axis(candles.index + shift).assign(close_time=candles["close_time"] + shift)
+        store.upsert(name, "1h", "spot", moved)
 
 
 def free_port() -> int:
@@ -234,6 +235,7 @@ def runs(args: argparse.Namespace, api_url: str, console: Any) -> list[dict[str,
             row = one_run(template, size, runner, args.models, args.workers, api_url)
             row["rows"] = int(sum(len(real[pair]) for _, pair, _ in universe(size)))
             rows.append(row)
+            save(args, rows)  # after every run: a failure later keeps what was measured
             console.print(
                 f"  {row['wall_s']:.0f} s wall, flow {row['flow_s']:.0f} s, fits {row['fit_s_total']:.0f} s, "
                 f"peak {row['peak_rss_mb']:.0f} MB; steps {row['stages_s']}",
@@ -241,6 +243,16 @@ def runs(args: argparse.Namespace, api_url: str, console: Any) -> list[dict[str,
             )
         shutil.rmtree(template, ignore_errors=True)
     return rows
+
+
+def save(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
+    """bench/results/scale.json with the runs so far."""
+    machine = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    out = ROOT / "bench" / "results" / "scale.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"models": args.models, "days": args.days, "workers": args.workers, "profile": "fast"}
+    out.write_text(json.dumps({"machine": machine, "settings": settings, "runs": rows}, indent=2))
+    return out
 
 
 def main() -> None:
@@ -274,12 +286,7 @@ def main() -> None:
             f"{r['stages_s'].get('fit', 0):.0f}", f"{r['fit_s_total']:.0f}", f"{r['peak_rss_mb']:.0f}",
         )  # fmt: skip
     console.print(table)
-    machine = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    out = ROOT / "bench" / "results" / "scale.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"models": args.models, "days": args.days, "workers": args.workers, "profile": "fast"}
-    out.write_text(json.dumps({"machine": machine, "settings": settings, "runs": rows}, indent=2))
-    console.print(f"wrote {out.relative_to(ROOT)}")
+    console.print(f"wrote {save(args, rows).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

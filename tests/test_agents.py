@@ -54,6 +54,7 @@ def test_the_q_table_changes_only_from_trades_closed_before_the_decision_time() 
     assert changed.tolist() == [[state, 0]]  # the greedy first action (×0.3, 1x) of that state alone
     assert agent.table[state, 0] == pytest.approx(0.15 * closes.reward)
     assert agent.learn([], now=20 * HOUR) == 0  # learned once
+    assert agent.learn([closes, closes], now=30 * HOUR) == 0  # given again: still once
 
 
 def test_outcomes_of_decisions_it_did_not_make_are_ignored_and_order_is_by_close() -> None:

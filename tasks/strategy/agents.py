@@ -115,10 +115,13 @@ class _Learner:
     updates: int = 0
 
     def ready(self, outcomes: Iterable[Outcome], now: int) -> list[Outcome]:
-        """Outcomes closed strictly before ``now`` whose decision this agent made, in close order."""
-        pool = [*self.waiting, *outcomes]
-        due = sorted((o for o in pool if o.closed_at < now and o.key in self.pending), key=_order)
-        self.waiting = [o for o in pool if o.closed_at >= now]
+        """Outcomes closed strictly before ``now`` whose decision this agent made, in close order.
+
+        Each decision is learned once: an outcome given again (or twice) counts once.
+        """
+        pool = {o.key: o for o in [*self.waiting, *outcomes] if o.key in self.pending}
+        due = sorted((o for o in pool.values() if o.closed_at < now), key=_order)
+        self.waiting = [o for o in pool.values() if o.closed_at >= now]
         return due
 
 
@@ -213,13 +216,17 @@ class QSelector:
         self._rng = np.random.default_rng(seed)
         self._learner = _Learner()
 
-    def choose(self, key: str, regime: int, now: int) -> str:
-        """ε-greedy arm for the regime index ``regime``; ``key`` names the trade it will open."""
+    def choose(self, key: str, regime: int, now: int, among: Sequence[str] | None = None) -> str:
+        """ε-greedy arm (of ``among``, default all) for the regime index ``regime``.
+
+        ``key`` names the trade the choice opens; its outcome is learned when it closes.
+        """
+        allowed = _allowed(self.arms, among)
         if self._rng.random() < self.epsilon:
-            a = int(self._rng.integers(len(self.arms)))
+            a = int(allowed[int(self._rng.integers(len(allowed)))])
         else:
-            row = self.table[regime]
-            a = int(np.flatnonzero(row == row.max())[0])
+            row = self.table[regime, allowed]
+            a = int(allowed[int(np.flatnonzero(row == row.max())[0])])
         self._learner.pending[key] = (regime, a, now)
         return self.arms[a]
 
@@ -252,10 +259,12 @@ class ThompsonSelector:
         precision = 1 / self.prior_sd**2 + self.count[regime]
         return self.total[regime] / precision, 1 / np.sqrt(precision)
 
-    def choose(self, key: str, regime: int, now: int) -> str:
-        """The arm whose posterior sample is largest; ``key`` names the trade it will open."""
+    def choose(self, key: str, regime: int, now: int, among: Sequence[str] | None = None) -> str:
+        """The arm (of ``among``, default all) whose posterior sample is largest."""
+        allowed = _allowed(self.arms, among)
         mean, sd = self.posterior(regime)
-        a = int(np.argmax(self._rng.normal(mean, sd)))
+        draws = self._rng.normal(mean, sd)  # one draw per arm, whatever ``among`` is: reproducible
+        a = int(allowed[int(np.argmax(draws[allowed]))])
         self._learner.pending[key] = (regime, a, now)
         return self.arms[a]
 
@@ -268,3 +277,10 @@ class ThompsonSelector:
             self.total[regime, a] += o.r_multiple
             done += 1
         return done
+
+
+def _allowed(arms: tuple[str, ...], among: Sequence[str] | None) -> np.ndarray:
+    """Indices of ``among`` in ``arms`` (all of them when None)."""
+    if among is None:
+        return np.arange(len(arms))
+    return np.array([arms.index(a) for a in among])
