@@ -205,7 +205,17 @@ class QSizer:
         return agent
 
 
-class QSelector:
+class _Selector:
+    """What both selectors share: a choice that opened no trade is dropped."""
+
+    _learner: _Learner
+
+    def discard(self, key: str) -> None:
+        """Forget the choice ``key`` (its strategy did not want a position: no trade, no outcome)."""
+        self._learner.pending.pop(key, None)
+
+
+class QSelector(_Selector):
     """Q-learning over regimes choosing one of ``arms`` (the original's meta-strategy controller)."""
 
     def __init__(
@@ -240,7 +250,7 @@ class QSelector:
         return done
 
 
-class ThompsonSelector:
+class ThompsonSelector(_Selector):
     """Thompson sampling per regime over ``arms``: a Gaussian posterior of each arm's mean R.
 
     Prior N(0, ``prior_sd``²) per (regime, arm), unit-variance R observations; each choice
