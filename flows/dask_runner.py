@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import Any
-
 from prefect_dask.task_runners import DaskTaskRunner
 
-from flows.runners import default_workers, report_here
+from flows.runners import ReportsHere, default_workers
 
 
-class DaskRunner(DaskTaskRunner):
+class DaskRunner(ReportsHere, DaskTaskRunner):
     """prefect-dask's runner; a LocalCluster it starts has its workers report to this flow."""
-
-    def __enter__(self) -> DaskRunner:
-        self._reporting = ExitStack()
-        self._reporting.enter_context(report_here())  # before the cluster's processes start
-        super().__enter__()  # type: ignore[no-untyped-call]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            self._reporting.close()
 
 
 def dask_runner(address: str | None = None, workers: int | None = None) -> DaskRunner:

@@ -49,24 +49,27 @@ def report_here() -> Iterator[None]:
         os.environ.pop("PREFECT_API_URL", None)
 
 
-class LocalRunner(ProcessPoolTaskRunner):
+class ReportsHere:
+    """Mixin for a task runner: the processes it starts report to this flow's Prefect API."""
+
+    def __enter__(self) -> Any:
+        self._reporting = ExitStack()
+        self._reporting.enter_context(report_here())  # before any worker process starts
+        return super().__enter__()  # type: ignore[misc]
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)  # type: ignore[misc]
+        finally:
+            self._reporting.close()
+
+
+class LocalRunner(ReportsHere, ProcessPoolTaskRunner):
     """Prefect's process pool, whose size (``workers``) the fits read."""
 
     def __init__(self, max_workers: int | None = None) -> None:
         self.workers = max_workers or default_workers()
         super().__init__(max_workers=self.workers)
-        self._reporting = ExitStack()
-
-    def __enter__(self) -> LocalRunner:
-        self._reporting.enter_context(report_here())
-        super().__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            self._reporting.close()
 
 
 def cpu_runner(settings: Settings, workers: int | None = None) -> TaskRunner[Any]:
