@@ -4,7 +4,8 @@ For each universe size (default 1, 5, 10, 50) and each task runner (Prefect's pr
 and Dask: a ``LocalCluster`` of 2 workers), one ``qt retrain`` runs in a fresh home on real
 1h candles of ../shared/data/binance (the newest ``--days``). Above 10 symbols the real
 series are re-used under other names with their timestamps shifted by whole weeks (copy k
-of BTCUSDT is ``BTCX{k}USDT``, k weeks later), so every symbol is a real market path and
+of BTCUSDT is ``BTCX{k}USDT``, k weeks later, cut at the real series' end, where the
+cross-asset features end), so every symbol is a real market path and
 no two rows of one bar are copies of each other.
 
 Measured per run: the process's wall time, the flow's own span (its MLflow parent run),
@@ -80,7 +81,9 @@ def build_store(home: Path, size: int, real: dict[str, Any]) -> None:
     store = CandleStore(load_settings(home).store_dir)
     for name, pair, weeks in universe(size):
         shift, candles = pd.Timedelta(weeks=weeks), real[pair]
-        moved = candles.set_axis(candles.index + shift).assign(close_time=candles["close_time"] + shift)
+        closes = (candles["close_time"] + shift).to_numpy()  # values, not aligned on the old index
+        moved = candles.set_axis(candles.index + shift).assign(close_time=closes)
+        moved = moved[moved.index <= candles.index[-1]]  # within BTCUSDT's span (cross-asset features)
         store.upsert(name, "1h", "spot", moved)
 
 
@@ -246,10 +249,14 @@ def runs(args: argparse.Namespace, api_url: str, console: Any) -> list[dict[str,
 
 
 def save(args: argparse.Namespace, rows: list[dict[str, Any]]) -> Path:
-    """bench/results/scale.json with the runs so far."""
+    """bench/results/scale.json with the runs so far (``--keep``: and the file's other runs)."""
     machine = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     out = ROOT / "bench" / "results" / "scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.keep and out.exists():
+        done = {(r["symbols"], r["runner"]) for r in rows}
+        earlier = [r for r in json.loads(out.read_text())["runs"] if (r["symbols"], r["runner"]) not in done]
+        rows = sorted([*earlier, *rows], key=lambda r: (r["symbols"], r["runner"] != "local"))
     settings = {"models": args.models, "days": args.days, "workers": args.workers, "profile": "fast"}
     out.write_text(json.dumps({"machine": machine, "settings": settings, "runs": rows}, indent=2))
     return out
@@ -262,6 +269,7 @@ def main() -> None:
     ap.add_argument("--models", default="xgb,lgbm,nhits", help="families fitted (fast profile)")
     ap.add_argument("--days", type=int, default=365, help="newest days of candles per symbol")
     ap.add_argument("--workers", type=int, default=2, help="fit processes / Dask workers")
+    ap.add_argument("--keep", action="store_true", help="keep the other sizes' runs of scale.json")
     args = ap.parse_args()
     if not (SHARED / "BTCUSDT-1h.csv").exists():
         raise SystemExit(f"{SHARED} is absent: the scaling benchmark needs ../shared's candles")
