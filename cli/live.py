@@ -96,7 +96,7 @@ def _config(settings: Settings, interval: str | None, market: str, symbols: list
     unknown = [s for s in universe if s not in stored]
     if unknown:
         raise BadConfigError(f"--symbols {','.join(unknown)}: no stored {ival} {market} candles (qt ingest)")
-    return LiveConfig(tuple(universe), ival, market)
+    return LiveConfig.of(settings, tuple(universe), ival, market)
 
 
 def _after_store(settings: Settings, config: Any) -> Any:

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     min_quote_volume: float = Field(default=500_000.0, ge=0, description="universe filter, USDT")
     sentiment_csv: Path | None = Field(default=None, description="optional sentiment source (CSV)")
 
+    # Trading: the shared strategy's sizing rule (bench/sizing.py judged them; README "Sizing").
+    sizing_rule: Literal["fixed", "kelly", "vol-target"] = Field(
+        default="fixed", description="how the backtest and the live flow size a position"
+    )
+
     # Task runners: Prefect's process pool here, or a Dask cluster (prefect-dask).
     task_runner: Literal["local", "dask"] = Field(
         default="local", description="where the flows' concurrent tasks run: local or dask"

@@ -83,7 +83,7 @@ def build_loop(
         raise BadConfigError(
             f"universe {unknown or '(empty)'}: no stored {ival} {market} candles; run qt ingest"
         )
-    config = LiveConfig(tuple(universe), ival, market)
+    config = LiveConfig.of(settings, tuple(universe), ival, market)
     client = make_client(settings)
     journal = Journal.open(settings)
     venue = open_broker(settings, journal, broker, market, client=client)

@@ -149,7 +149,7 @@ class Service:
         self, ensemble: Any, version: str, symbols: list[str], newest: dict[str, pd.Timestamp]
     ) -> None:
         """Predict ``symbols``' newest bars in one batch and cache them (lock held)."""
-        config = live.LiveConfig(tuple(symbols), self.interval, self.market)
+        config = live.LiveConfig.of(self.settings, tuple(symbols), self.interval, self.market)
         rows = FeatureSpec().min_history + ensemble.history_rows + 1
         try:
             features = live.latest_features(live.recent_candles(self.store, config, rows), config)

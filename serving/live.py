@@ -34,6 +34,7 @@ from tasks.features import FeatureSpec, feature_matrix
 from tasks.store import CandleStore
 from tasks.strategy.engine import Decisions, Strategy
 from tasks.strategy.risk import Book, Held
+from tasks.strategy.sizing import DEFAULT_SIZING
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,18 @@ class LiveConfig:
     shadow: bool = True
     model_policy: bool = True
     model_alias: Literal["champion", "challenger"] = "champion"
+
+    @classmethod
+    def of(cls, settings: Settings, symbols: tuple[str, ...], interval: str, market: str) -> LiveConfig:
+        """The configuration a deployment trades: the default strategy, sized by ``settings.sizing_rule``.
+
+        The default rule keeps :data:`~tasks.strategy.sizing.DEFAULT_SIZING` itself, the object
+        the backtest's default :class:`Strategy` holds.
+        """
+        sizing = DEFAULT_SIZING
+        if settings.sizing_rule != sizing.rule:
+            sizing = replace(sizing, rule=settings.sizing_rule)
+        return cls(symbols, interval, market, Strategy(sizing=sizing))
 
     def strategy_for(self, ensemble: Any) -> Strategy:
         """The strategy to trade with this model: its registered policy, long only on spot."""

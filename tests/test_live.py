@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,6 +24,7 @@ from tasks.ingest.sample import sample_paths
 from tasks.store import CandleStore
 from tasks.strategy.engine import Strategy
 from tasks.strategy.policy import Policy
+from tasks.strategy.sizing import DEFAULT_SIZING, Sizing
 from tests.test_cli import qt
 
 UNTIL = pd.Timestamp("2025-05-15", tz="UTC")
@@ -35,14 +38,18 @@ def _eager(market: str = "spot") -> LiveConfig:
     return LiveConfig(SYMBOLS, "1h", market, EAGER, model_policy=False)
 
 
-def test_replay_gives_the_backtests_trades_positions_and_equity(trained: tuple[Settings, Ensemble]) -> None:
+@pytest.mark.parametrize("rule", ["fixed", "vol-target"])
+def test_replay_gives_the_backtests_trades_positions_and_equity(
+    trained: tuple[Settings, Ensemble], rule: str
+) -> None:
     """Parity: the live loop (paper broker, local exchange) against the backtest with exits, same candles."""
     settings, ensemble = trained
     end = UNTIL + 15 * HOUR
-    summary, home = replay(settings, _eager(), "paper", UNTIL, end)
+    config = replace(_eager(), strategy=replace(EAGER, sizing=Sizing(rule=rule)))
+    summary, home = replay(settings, config, "paper", UNTIL, end)
     assert summary.ticks == 16 and summary.errors == [] and summary.unprotected_positions == 0
     journal = Journal.open(home)
-    backtest = backtest_of(settings, ensemble, _eager(), UNTIL, end)
+    backtest = backtest_of(settings, ensemble, config, UNTIL, end)
     live_trades = report.trades(journal)
     assert len(backtest.trades) >= 2 and len(live_trades) == len(backtest.trades)
     for live, sim in zip(live_trades, backtest.trades, strict=True):
@@ -58,6 +65,36 @@ def test_replay_gives_the_backtests_trades_positions_and_equity(trained: tuple[S
         lambda s: [float(e.equity) for e in s.query(db.EquitySnapshot).order_by(db.EquitySnapshot.time)]
     )
     assert snapshots == pytest.approx(backtest.equity.to_list(), abs=1e-6)
+
+
+def test_the_backtest_and_the_live_flow_size_with_one_default_object(
+    trained: tuple[Settings, Ensemble], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deployment's configuration hands the very same Sizing to the live loop and the backtest."""
+    import tasks.strategy.simulate as simulation
+
+    settings, ensemble = trained
+    config = LiveConfig.of(settings, SYMBOLS, "1h", "spot")
+    seen: list[tuple[str, Sizing]] = []
+    decide, simulate = Strategy.decide, simulation.simulate
+
+    def live_decides(self: Strategy, *args: Any, **kwargs: Any) -> Any:
+        seen.append(("live", self.sizing))
+        return decide(self, *args, **kwargs)
+
+    def backtest_simulates(rows: pd.DataFrame, strategy: Strategy, *args: Any, **kwargs: Any) -> Any:
+        seen.append(("backtest", strategy.sizing))
+        return simulate(rows, strategy, *args, **kwargs)
+
+    monkeypatch.setattr(Strategy, "decide", live_decides)
+    monkeypatch.setattr(simulation, "simulate", backtest_simulates)
+    summary, _ = replay(settings, config, "paper", UNTIL, UNTIL + HOUR)
+    backtest_of(settings, ensemble, config, UNTIL, UNTIL + HOUR)
+    assert summary.errors == [] and {who for who, _ in seen} == {"live", "backtest"}
+    assert all(sizing is DEFAULT_SIZING for _, sizing in seen) and DEFAULT_SIZING.rule == "fixed"
+    assert Strategy().sizing is DEFAULT_SIZING  # the backtest's default strategy, e.g. qt's research
+    kelly = LiveConfig.of(settings.model_copy(update={"sizing_rule": "kelly"}), SYMBOLS, "1h", "spot")
+    assert kelly.strategy.sizing == replace(DEFAULT_SIZING, rule="kelly")  # QT_SIZING_RULE opts in
 
 
 def test_promoting_during_a_replay_hot_reloads_without_losing_a_tick(

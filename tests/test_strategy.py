@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import BadConfigError
 from tasks.features.regime import Regime
 from tasks.strategy.engine import Signal, Strategy
 from tasks.strategy.exits import Exits
@@ -18,16 +19,34 @@ HOUR = pd.Timedelta(hours=1)
 T0 = pd.Timestamp("2025-01-01 10:00", tz="UTC")
 
 
-def test_sizing_risks_a_fraction_of_equity_at_the_stop_then_kelly() -> None:
+def test_sizing_risks_a_fraction_of_equity_at_the_stop_and_kelly_is_opt_in() -> None:
     sizing = Sizing(risk_per_trade=0.01, max_position_fraction=1.0)
     distance = sizing.stop_distance(100.0, 0.01, Regime.RANGING)  # 1.5 ATR of 1 %
     assert distance == pytest.approx(1.5)
     assert sizing.quantity(10_000, 100.0, distance, 0.01) == pytest.approx(100 / 1.5)  # loses 100 at the stop
     assert sizing.quantity(10_000, 100.0, 0.1, 0.01) == pytest.approx(100.0)  # capped at 1 × equity
-    assert sizing.risk_fraction(0.6, 2.0, closed_trades=19) == 0.01  # not enough trades for Kelly
-    assert sizing.risk_fraction(0.6, 2.0, closed_trades=20) == pytest.approx(min(0.25 * 0.4, 0.02))
-    assert sizing.risk_fraction(0.3, 1.0, closed_trades=50) == 0.0  # Kelly sees no edge
+    assert sizing.rule == "fixed" and sizing.risk_fraction(0.6, 2.0, closed_trades=500) == 0.01  # no Kelly
+    kelly = Sizing(rule="kelly")
+    assert kelly.risk_fraction(0.6, 2.0, closed_trades=19) == 0.01  # not enough trades for Kelly
+    assert kelly.risk_fraction(0.6, 2.0, closed_trades=20) == pytest.approx(min(0.25 * 0.4, 0.02))
+    assert kelly.risk_fraction(0.3, 1.0, closed_trades=50) == 0.0  # Kelly sees no edge
     assert payoff_ratio([2.0, -1.0, 1.0, -1.0]) == pytest.approx(1.5)
+    with pytest.raises(BadConfigError, match="sizing rule 'martingale': one of fixed, kelly, vol-target"):
+        Sizing(rule="martingale")
+
+
+def test_volatility_targeting_sizes_by_the_windows_return_deviation() -> None:
+    """``vol-target``: one bar's deviation of the position is ``vol_target`` of equity; no window, no size."""
+    strategy = Strategy(sizing=Sizing(rule="vol-target", vol_target=0.0015), top_k=1)
+    book = Book(10_000, 10_000, 10_000)
+    window = _window()
+    sigma = float(np.diff(np.log(window.closes["SOLUSDT"].to_numpy())).std(ddof=1))
+    [entry] = strategy.decide(book, [_signal("SOLUSDT", 0.7)], HOUR, window=window).entries
+    assert entry.quantity == pytest.approx(10_000 * 0.0015 / (sigma * 100.0))
+    assert entry.quantity < 10_000 * 0.25 / 100  # below the notional cap: the target decided
+    assert entry.stop == pytest.approx(98.0)  # the stop still sits at the regime's ATR multiple
+    blind = strategy.decide(book, [_signal("SOLUSDT", 0.7)], HOUR)
+    assert dict(blind.vetoes)["SOLUSDT"].startswith("size 0")
 
 
 def test_exits_take_profit_at_r_multiples_break_even_and_trail() -> None:

@@ -25,7 +25,7 @@ from tasks.strategy.exits import PROFILES, Exits
 from tasks.strategy.market import MarketWindow
 from tasks.strategy.policy import Policy
 from tasks.strategy.risk import Book, Mode, RiskLimits
-from tasks.strategy.sizing import Sizing
+from tasks.strategy.sizing import DEFAULT_SIZING, SIZING_RULES, Sizing
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Strategy:
     """
 
     policy: Policy = field(default_factory=Policy)
-    sizing: Sizing = field(default_factory=Sizing)
+    sizing: Sizing = DEFAULT_SIZING
     risk: RiskLimits = field(default_factory=RiskLimits)
     exits: Exits = field(default_factory=Exits)
     top_k: int = 2
@@ -179,6 +179,7 @@ class Strategy:
             risk.max_correlated_exposure, self.rank_correlation, self.rank_track, self.track_after,
             self.track_alpha,
         )  # fmt: skip
+        params[[k.SIZING_RULE, k.VOL_TARGET]] = SIZING_RULES.index(sizing.rule), sizing.vol_target
         params[[k.SYMBOL_DISABLE_AFTER, k.SYMBOL_COOLOFF, k.POOR_SCALE]] = (
             risk.symbol_disable_after, risk.symbol_cooloff_bars, risk.poor_symbol_scale,
         )  # fmt: skip

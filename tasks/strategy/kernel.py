@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tasks.strategy.market import correlation, liquidity
+from tasks.strategy.market import correlation, liquidity, volatility
 
 NO_TIME = np.iinfo(np.int64).min
 
@@ -33,7 +33,12 @@ CONSERVATIVE_BELOW, AGGRESSIVE_ABOVE, BREAKEVEN_R, TRAIL_AFTER_R, TRAIL_R = 21, 
 TOP_K, CLOSE_ON_FLAT, CHOPPY = 26, 27, 28
 MAX_CORRELATED, RANK_CORRELATION, RANK_TRACK, TRACK_AFTER, TRACK_ALPHA = 29, 30, 31, 32, 33
 SYMBOL_DISABLE_AFTER, SYMBOL_COOLOFF, POOR_SCALE = 34, 35, 36
-N_PARAMETERS = 37
+SIZING_RULE, VOL_TARGET = 37, 38
+N_PARAMETERS = 39
+
+# Sizing rules (sizing.SIZING_RULES in this order).
+RULE_FIXED, RULE_KELLY, RULE_VOL_TARGET = 0, 1, 2
+VOL_MIN_RETURNS = 20  # returns in the window before volatility targeting sizes anything
 
 # Modes (risk.Mode in this order).
 NORMAL, DEFENSIVE, CRITICAL, HALT = 0, 1, 2, 3
@@ -108,8 +113,12 @@ def stop_distance(
 
 @njit(cache=True)
 def risk_fraction(params: np.ndarray, p_win: float, payoff: float, closed_trades: int) -> float:
-    """The share of equity a trade may lose at its stop: fixed, then fractional Kelly (capped)."""
-    if closed_trades < params[KELLY_AFTER] or not payoff > 0:
+    """The share of equity a trade may lose at its stop.
+
+    ``RISK_PER_TRADE``; under the Kelly rule, fractional Kelly (capped) once ``KELLY_AFTER``
+    trades have closed.
+    """
+    if params[SIZING_RULE] != RULE_KELLY or closed_trades < params[KELLY_AFTER] or not payoff > 0:
         return params[RISK_PER_TRADE]
     kelly = p_win - (1.0 - p_win) / payoff
     return min(max(kelly * params[KELLY_FRACTION], 0.0), params[KELLY_CAP])
@@ -121,6 +130,20 @@ def quantity_for(params: np.ndarray, equity: float, price: float, distance: floa
     if not (distance > 0 and price > 0 and equity > 0 and risk > 0):
         return 0.0
     return min(equity * risk / distance, equity * params[MAX_POSITION_FRACTION] * params[LEVERAGE] / price)
+
+
+@njit(cache=True)
+def volatility_quantity(params: np.ndarray, equity: float, price: float, sigma: float, scale: float) -> float:
+    """Base quantity whose one-bar volatility is ``VOL_TARGET`` × ``scale`` of equity, within the cap.
+
+    ``sigma`` is the symbol's bar-return standard deviation (not finite or 0: nothing to size).
+    """
+    if not (sigma > 0 and price > 0 and equity > 0 and scale > 0):
+        return 0.0
+    return min(
+        equity * params[VOL_TARGET] * scale / (sigma * price),
+        equity * params[MAX_POSITION_FRACTION] * params[LEVERAGE] / price,
+    )
 
 
 @njit(cache=True)
@@ -288,10 +311,11 @@ def decide_bar(
     score is the call's net edge × the symbol's liquidity (capped at 1) × its track record
     (1 + ``RANK_TRACK`` × its average R after ``TRACK_AFTER`` trades, within 0.5–1.5) × (1 −
     ``RANK_CORRELATION`` × its strongest same-direction correlation with what is held or
-    taken this bar); ties by symbol. Each is sized (ATR stop, risk per trade or Kelly, scaled
-    by the mode — at least ``floor_mode`` — and by :func:`symbol_scale`), put on the venue's
-    grids and risk-checked, the correlation-weighted exposure sqrt(vᵀ C v) / equity (v the
-    signed notionals, C the window's correlations, unknown ones 1) included; a symbol on a
+    taken this bar); ties by symbol. Each is sized (ATR stop; the sizing rule: risk per
+    trade, Kelly or volatility target; scaled by the mode — at least ``floor_mode`` — and by
+    :func:`symbol_scale`), put on the venue's grids and risk-checked, the correlation-weighted
+    exposure sqrt(vᵀ C v) / equity (v the signed notionals, C the window's correlations,
+    unknown ones 1) included; a symbol on a
     losing streak is vetoed in its cool-off (:func:`symbol_disabled`, ``symbol_streak`` its
     losing trades in a row). ``candidate[k]`` is the k-th considered symbol, ``outcome[k]``
     what became of it (0 entered), ``detail[k]`` the veto's numbers; an entry's
@@ -367,9 +391,14 @@ def decide_bar(
             continue
         distance = stop_distance(params, atr_table, close[i], atr_pct[i], regime[i])
         p_win = p_up[i] if sign > 0 else 1.0 - p_up[i]
-        risk = risk_fraction(params, p_win, payoff, closed_trades) * scale
-        risk *= symbol_scale(params, track[i], track_count[i])
-        size = round_down(quantity_for(params, equity, close[i], distance, risk), lot[i], lot_digits[i])
+        scaled = scale * symbol_scale(params, track[i], track_count[i])
+        if params[SIZING_RULE] == RULE_VOL_TARGET:
+            sigma = volatility(returns, i, VOL_MIN_RETURNS)
+            raw = volatility_quantity(params, equity, close[i], sigma, scaled)
+        else:
+            risk = risk_fraction(params, p_win, payoff, closed_trades) * scaled
+            raw = quantity_for(params, equity, close[i], distance, risk)
+        size = round_down(raw, lot[i], lot_digits[i])
         confidence = abs(2.0 * p_up[i] - 1.0)
         value = sign * size * close[i]
         cross = 0.0

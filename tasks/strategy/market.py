@@ -119,6 +119,23 @@ def correlation(returns: np.ndarray, a: int, b: int) -> float:
 
 
 @njit(cache=True)
+def volatility(returns: np.ndarray, a: int, at_least: int) -> float:
+    """Standard deviation of column ``a``'s finite returns (NaN with fewer than ``at_least``)."""
+    count = 0
+    total = squares = 0.0
+    for t in range(returns.shape[0]):
+        x = returns[t, a]
+        if np.isfinite(x):
+            count += 1
+            total += x
+            squares += x * x
+    if count < max(at_least, 2):
+        return np.nan
+    variance = (squares - total * total / count) / (count - 1)
+    return np.sqrt(variance) if variance > 0 else np.nan
+
+
+@njit(cache=True)
 def liquidity(volumes: np.ndarray) -> np.ndarray:
     """Each symbol's mean quote volume over the window / the median of those means (NaN: unknown)."""
     n = volumes.shape[1]
